@@ -1,0 +1,66 @@
+"""VatpConfig: the settings of one pruning run, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .methods import METHODS
+
+BACKENDS = ("mask", "evict")
+SCORINGS = ("eager", "chunked")
+
+
+@dataclass(frozen=True)
+class VatpConfig:
+    """How to prune the KV cache.
+
+    heavy_ratio: budget ratio r in (0, 1]. H2O keeps int(r*L) heavy + int(r*L)
+        recent tokens of an L-token prompt (a 2r budget, as in the paper's code).
+    method: "h2o" or "scissorhands" (the paper's ``--h2o`` flag picks H2O).
+    apval: VATP: weight scores by value L1 norms and protect the sinks.
+    sink_len: leading tokens always kept (only with apval, as in the paper).
+    backend: "mask" (faithful: pruned tokens masked, cache keeps them) or
+        "evict" (pruned tokens removed from the cache; same outputs).
+    scoring: "eager" (L x L probabilities, the paper's way) or "chunked"
+        (SDPA output + column sums in query chunks). None: eager for the mask
+        backend, chunked for evict.
+    chunk_size: query rows per chunk for chunked scoring.
+    """
+
+    heavy_ratio: float = 0.1
+    method: str = "h2o"
+    apval: bool = False
+    sink_len: int = 0
+    backend: str = "mask"
+    scoring: str | None = None
+    chunk_size: int = 512
+
+    def __post_init__(self):
+        if not 0.0 < self.heavy_ratio <= 1.0:
+            raise ValueError(f"heavy_ratio must be in (0, 1], got {self.heavy_ratio}; 0.25 gives the paper's 50% budget")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)}")
+        if self.sink_len < 0:
+            raise ValueError(f"sink_len must be >= 0, got {self.sink_len}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose one of {BACKENDS}")
+        if self.scoring is not None and self.scoring not in SCORINGS:
+            raise ValueError(f"unknown scoring {self.scoring!r}; choose one of {SCORINGS}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+    @classmethod
+    def from_paper_flags(cls, heavy_ratio: float, h2o: bool, apval: bool, sink_len: int | None, **extra):
+        """Build from ``pred.py``'s flags: ``--h2o`` picks H2O, otherwise Scissorhands."""
+        return cls(heavy_ratio=heavy_ratio, method="h2o" if h2o else "scissorhands",
+                   apval=apval, sink_len=sink_len or 0, **extra)
+
+    @property
+    def resolved_scoring(self) -> str:
+        return self.scoring or ("eager" if self.backend == "mask" else "chunked")
+
+    @property
+    def forces_sinks(self) -> bool:
+        return self.apval or METHODS[self.method].always_sinks
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

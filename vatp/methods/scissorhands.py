@@ -1,0 +1,28 @@
+"""Scissorhands, as the VATP paper's code runs it (``pred.py`` without ``--h2o``).
+
+Liu et al., "Scissorhands: Exploiting the Persistence of Importance Hypothesis
+for LLM KV Cache Compression at Test Time", NeurIPS 2023. The paper's code
+scores a key by the attention of the last 400 prompt queries divided by 400
+(even when the prompt is shorter), keeps 10 recent tokens, and gives the
+rest of a 2 * int(ratio * L) budget to heavy hitters.
+"""
+import math
+
+from ..policy import Budget
+from .base import Method
+
+WINDOW = 400
+RECENT = 10
+
+
+class Scissorhands(Method):
+    name = "scissorhands"
+    query_window = WINDOW
+    score_divisor = float(WINDOW)
+
+    def budget(self, prompt_len: int, ratio: float) -> Budget:
+        return Budget(heavy=int(ratio * prompt_len) * 2 - RECENT, recent=RECENT)
+
+    def min_ratio(self, prompt_len: int) -> float:
+        # int(r * L) * 2 >= RECENT  <=>  r * L >= RECENT / 2
+        return math.ceil(RECENT / 2) / prompt_len

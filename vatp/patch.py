@@ -1,0 +1,124 @@
+"""Switch VATP on and off in a transformers model, leaving no trace when off.
+
+The hook is transformers' own attention interface: VATP registers an
+attention function under the name ``"vatp"`` and points the model's
+``config._attn_implementation`` at it. Nothing in transformers is forked or
+monkey-patched. :func:`disable` restores the previous implementation and
+removes every attribute and hook that :func:`enable` added.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+
+import torch
+from transformers import AttentionInterface, DynamicCache
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .config import VatpConfig
+from .session import VatpSession
+
+ATTN_NAME = "vatp"
+_SESSION_ATTR = "_vatp_session"
+_STATE_ATTR = "_vatp_patch"
+
+
+def vatp_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention-interface entry point: delegate to the module's session."""
+    session: VatpSession = getattr(module, _SESSION_ATTR)
+    scaling = module.head_dim ** -0.5 if scaling is None else scaling
+    return session.attend(module.layer_idx, query, key, value, attention_mask, scaling)
+
+
+# The mask function decides what `attention_mask` the model hands us: SDPA's
+# boolean mask, or None for a plain causal prompt (so no L x L mask is built).
+AttentionInterface.register(ATTN_NAME, vatp_attention_forward)
+AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+
+
+def _attention_modules(model):
+    return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
+
+
+def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
+    """Turn VATP on for ``model`` (any Llama-family transformers model) and return its session.
+
+    ``settings`` are :class:`VatpConfig` fields, or ``h2o=True/False`` as the
+    paper's flag. Enabling an enabled model replaces its settings.
+    """
+    if "h2o" in settings:
+        settings["method"] = "h2o" if settings.pop("h2o") else "scissorhands"
+    config = replace(config or VatpConfig(), **settings)
+    modules = _attention_modules(model)
+    if not modules:
+        raise ValueError(
+            f"{type(model).__name__} has no attention layers that use transformers' attention interface; "
+            "vatp supports Llama-family models (Llama, Mistral, Qwen2, SmolLM2, ...)"
+        )
+    disable(model)
+    session = VatpSession(config)
+    previous = model.config._attn_implementation
+    for module in modules:
+        setattr(module, _SESSION_ATTR, session)
+    model.set_attn_implementation(ATTN_NAME)
+    hooks = []
+    if config.backend == "evict":
+        decoder = model.get_decoder()
+        hooks.append(decoder.register_forward_pre_hook(_capture_cache(session, decoder), with_kwargs=True))
+    setattr(model, _STATE_ATTR, (session, previous, hooks, modules))
+    return session
+
+
+def disable(model) -> None:
+    """Turn VATP off: the model is exactly as before :func:`enable`. A no-op if it is off."""
+    state = getattr(model, _STATE_ATTR, None)
+    if state is None:
+        return
+    session, previous, hooks, modules = state
+    for hook in hooks:
+        hook.remove()
+    for module in modules:
+        delattr(module, _SESSION_ATTR)
+    model.set_attn_implementation(previous)
+    delattr(model, _STATE_ATTR)
+    session.reset()
+
+
+def session_of(model) -> VatpSession | None:
+    """The active session of ``model``, or None when VATP is off."""
+    state = getattr(model, _STATE_ATTR, None)
+    return state[0] if state else None
+
+
+@contextmanager
+def enabled(model, config: VatpConfig | None = None, **settings):
+    """``with vatp.enabled(model, heavy_ratio=0.25, apval=True) as session: ...``"""
+    session = enable(model, config, **settings)
+    try:
+        yield session
+    finally:
+        disable(model)
+
+
+def _capture_cache(session: VatpSession, decoder):
+    """Pre-hook for the evict backend: remember the forward's cache so layers can compact it.
+
+    If the caller passed none, create one (the model would create its own
+    otherwise, out of our reach). Without explicit positions the model would
+    derive them from the (shrunken) cache length, so supply the true ones.
+    """
+    def hook(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if cache is None and kwargs.get("use_cache", True) is not False:
+            cache = kwargs["past_key_values"] = DynamicCache(config=decoder.config)
+        session.cache = cache
+        if kwargs.get("position_ids") is None:
+            fresh = cache is None or cache.get_seq_length() == 0
+            past = 0 if fresh else session.seen_tokens()
+            ids = kwargs.get("input_ids")
+            n = (ids if ids is not None else kwargs["inputs_embeds"]).shape[1]
+            device = (ids if ids is not None else kwargs["inputs_embeds"]).device
+            kwargs["position_ids"] = (torch.arange(n, device=device) + past)[None]
+        return args, kwargs
+
+    return hook

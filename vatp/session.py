@@ -1,0 +1,97 @@
+"""VatpSession: per-sample pruning state and the attention call that uses it.
+
+One session per enabled model. For every attention layer it scores the
+prompt at prefill, accumulates scores at each decode step, asks the policy
+which tokens to keep and hands that decision to the backend.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import policy, scoring
+from .backends import BACKENDS, LayerState
+from .config import VatpConfig
+from .methods import METHODS
+
+
+class VatpSession:
+    def __init__(self, config: VatpConfig):
+        self.config = config
+        self.method = METHODS[config.method]
+        self.backend = BACKENDS[config.backend]()
+        self.layers: dict[int, LayerState] = {}
+        self.cache = None  # the KV cache of the current forward (evict backend)
+        self._prefill = scoring.eager_prefill if config.resolved_scoring == "eager" else self._chunked_prefill
+
+    def reset(self) -> None:
+        """Forget the current sample. A new prompt (empty cache) also resets."""
+        self.layers.clear()
+        self.cache = None
+
+    def budget(self, prompt_len: int) -> policy.Budget:
+        """The budget for a prompt of this length; raises BudgetError with a fix if there is none."""
+        return self.method.checked_budget(prompt_len, self.config.heavy_ratio, self.config.sink_len,
+                                          self.config.forces_sinks)
+
+    def seen_tokens(self) -> int:
+        """Absolute length of the current sample (the cache may be shorter after eviction)."""
+        return self.layers[0].seen if 0 in self.layers else 0
+
+    # -- the attention call ---------------------------------------------------
+    def attend(self, layer_idx: int, query, key, value, mask, scaling):
+        """query (1, heads, q, d); key, value (1, kv_heads, kv, d) -> ((1, q, heads, d), None)."""
+        if query.shape[0] != 1:
+            raise ValueError(f"vatp supports batch size 1 (as the paper's code), got {query.shape[0]}")
+        q_len, kv_len = query.shape[2], key.shape[2]
+        if q_len == kv_len:  # empty cache before this call: a new sample
+            return self._attend_prompt(layer_idx, query, key, value, mask, scaling)
+        state = self.layers.get(layer_idx)
+        if state is None or q_len != 1:
+            raise ValueError(
+                "vatp prunes a cache it filled itself: run the whole prompt in one forward, "
+                f"then one token per step (got {q_len} new tokens on a cache of {kv_len - q_len})"
+            )
+        return self._attend_step(layer_idx, state, query, key, value, scaling)
+
+    def _attend_prompt(self, layer_idx, query, key, value, mask, scaling):
+        kv_heads, prompt_len = key.shape[1], key.shape[2]
+        budget = self.budget(prompt_len)
+        if budget.recent == 0 and layer_idx == 0:
+            warnings.warn(f"heavy_ratio {self.config.heavy_ratio} gives a recent budget of 0 for a "
+                          f"{prompt_len}-token prompt: nothing is pruned (as in the paper's code)", stacklevel=2)
+        out, sums = self._prefill(query, key, value, mask, scaling, self.method.query_window)
+        scores = policy.group_to_kv_heads(sums, kv_heads)  # (kv_heads, L)
+        if self.method.score_divisor != 1.0:
+            scores = scores / self.method.score_divisor
+        norms = policy.value_l1_norm(value[0])  # (kv_heads, L)
+        if self.config.apval:
+            scores = scores * norms
+        if self.config.forces_sinks:
+            policy.protect_sinks(scores, self.config.sink_len)
+        state = LayerState(scores=scores, value_norms=norms, budget=budget, seen=prompt_len)
+        self.layers[layer_idx] = state
+        self._decide(layer_idx, state)
+        return out, None
+
+    def _attend_step(self, layer_idx, state, query, key, value, scaling):
+        keep = self.backend.step_mask(state)
+        out, probs = scoring.decode_step(query, key, value, keep, scaling)
+        state.value_norms = torch.cat([state.value_norms, policy.value_l1_norm(value[0, :, -1:])], dim=1)
+        step = policy.group_to_kv_heads(probs, key.shape[1])  # (kv_heads, kv_len)
+        if self.config.apval:
+            step = step * state.value_norms
+        state.scores = policy.accumulate(state.scores, step)
+        state.seen += 1
+        self._decide(layer_idx, state)
+        return out, None
+
+    def _decide(self, layer_idx: int, state: LayerState) -> None:
+        keep = policy.keep_mask(state.scores, state.budget)
+        state.scores = policy.drop_pruned(state.scores, keep)
+        layer = self.cache.layers[layer_idx] if self.cache is not None else None
+        self.backend.apply(state, keep, layer)
+
+    def _chunked_prefill(self, query, key, value, mask, scaling, window):
+        return scoring.chunked_prefill(query, key, value, mask, scaling, window, self.config.chunk_size)
