@@ -1,0 +1,129 @@
+"""Enabling and disabling VATP on a model: undoable, resettable, and exact where nothing is pruned."""
+import pytest
+import torch
+
+import vatp
+from conftest import VARIANT_IDS, VARIANTS, greedy, tiny_llama
+
+
+def _prompt(n, seed=1, vocab=128):
+    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_disable_leaves_no_trace():
+    model = tiny_llama()
+    ids = _prompt(40)
+    before_impl = model.config._attn_implementation
+    before_tokens, before_logits = greedy(model, ids)
+    vatp.enable(model, heavy_ratio=0.1, apval=True, sink_len=2, backend="evict")
+    assert model.config._attn_implementation == "vatp"
+    greedy(model, ids)  # run pruned once, so there is state to clean up
+    vatp.disable(model)
+    assert model.config._attn_implementation == before_impl
+    assert not any(hasattr(m, "_vatp_session") for m in model.modules())
+    assert vatp.session_of(model) is None
+    assert not model.get_decoder()._forward_pre_hooks
+    tokens, logits = greedy(model, ids)
+    assert tokens == before_tokens
+    assert torch.equal(logits, before_logits)
+    vatp.disable(model)  # disabling twice is a no-op
+
+
+def test_enabling_twice_replaces_the_settings():
+    model = tiny_llama()
+    ids = _prompt(60)
+    vatp.enable(model, heavy_ratio=0.1, h2o=True)
+    vatp.enable(model, heavy_ratio=0.25, h2o=False, backend="evict")
+    session = vatp.session_of(model)
+    assert (session.config.method, session.config.heavy_ratio, session.config.backend) == ("scissorhands", 0.25, "evict")
+    assert len(model.get_decoder()._forward_pre_hooks) == 1
+    twice = greedy(model, ids)
+    vatp.disable(model)
+    with vatp.enabled(model, heavy_ratio=0.25, h2o=False, backend="evict"):
+        once = greedy(model, ids)
+    assert twice[0] == once[0] and torch.equal(twice[1], once[1])
+    assert vatp.session_of(model) is None
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_a_new_sample_starts_from_a_clean_state(backend):
+    model = tiny_llama()
+    a, b = _prompt(50, seed=1), _prompt(70, seed=2)
+    with vatp.enabled(model, heavy_ratio=0.1, apval=True, sink_len=2, backend=backend) as session:
+        fresh_b = greedy(model, b)
+        greedy(model, a)
+        after_a = greedy(model, b)  # no explicit reset: an empty cache starts a new sample
+        session.reset()
+        after_reset = greedy(model, b)
+    assert fresh_b[0] == after_a[0] == after_reset[0]
+    assert torch.equal(fresh_b[1], after_a[1]) and torch.equal(fresh_b[1], after_reset[1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_full_budget_equals_full_attention(variant, backend):
+    # heavy_ratio 1 with H2O: heavy + recent = 2L never fills, so nothing is ever pruned.
+    model = tiny_llama(num_heads=6, num_kv_heads=2, hidden=96)
+    model.set_attn_implementation("eager")
+    ids = _prompt(64)
+    full_tokens, full_logits = greedy(model, ids)
+    with vatp.enabled(model, heavy_ratio=1.0, backend=backend, **{**variant, "h2o": True}):
+        tokens, logits = greedy(model, ids)
+    assert tokens == full_tokens
+    torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_recent_budget_zero_prunes_nothing_and_warns():
+    model = tiny_llama()
+    ids = _prompt(48)
+    full = greedy(model, ids)
+    with vatp.enabled(model, heavy_ratio=0.02, h2o=True, apval=True, sink_len=0):  # int(0.02*48) == 0
+        with pytest.warns(UserWarning, match="recent budget of 0"):
+            pruned = greedy(model, ids)
+    assert pruned[0] == full[0]
+    torch.testing.assert_close(pruned[1], full[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_gqa_decision_reduces_to_mha(variant):
+    """A GQA model whose query heads in a group are identical behaves like its MHA expansion.
+
+    Then the group mean equals each head's own score, so one decision per KV
+    head is exactly the paper's per-head decision.
+    """
+    gqa = tiny_llama(num_heads=6, num_kv_heads=2, seed=3, hidden=96)
+    mha = tiny_llama(num_heads=6, num_kv_heads=6, seed=3, hidden=96)
+    shared = {k: v for k, v in gqa.state_dict().items() if "k_proj" not in k and "v_proj" not in k}
+    mha.load_state_dict(shared, strict=False)
+    d = gqa.config.head_dim
+    with torch.no_grad():
+        for lg, lm in zip(gqa.model.layers, mha.model.layers):
+            q = lg.self_attn.q_proj.weight.view(2, 3, d, -1)
+            q[:] = q[:, :1]  # the 3 query heads of a group are the same
+            lm.self_attn.q_proj.weight.copy_(q.reshape(6 * d, -1))
+            for name in ("k_proj", "v_proj"):
+                w = getattr(lg.self_attn, name).weight.view(2, 1, d, -1).expand(2, 3, d, -1)
+                getattr(lm.self_attn, name).weight.copy_(w.reshape(6 * d, -1))
+    ids = _prompt(120)
+    settings = dict(heavy_ratio=0.1, sink_len=2, **variant)
+    with vatp.enabled(gqa, **settings):
+        gqa_out = greedy(gqa, ids)
+        gqa_keep = vatp.session_of(gqa).layers[1].keep
+    with vatp.enabled(mha, **settings):
+        mha_out = greedy(mha, ids)
+        mha_keep = vatp.session_of(mha).layers[1].keep
+    assert gqa_out[0] == mha_out[0]
+    torch.testing.assert_close(gqa_out[1], mha_out[1], rtol=1e-4, atol=1e-4)
+    assert torch.equal(gqa_keep.repeat_interleave(3, 0), mha_keep)
+
+
+def test_batch_of_two_is_refused_clearly():
+    model = tiny_llama()
+    with vatp.enabled(model, heavy_ratio=0.1):
+        with pytest.raises(ValueError, match="batch size 1"):
+            model(_prompt(20).repeat(2, 1))
+
+
+def test_unsupported_model_is_refused():
+    with pytest.raises(ValueError, match="Llama-family"):
+        vatp.enable(torch.nn.Linear(2, 2), heavy_ratio=0.1)
