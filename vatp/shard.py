@@ -1,0 +1,288 @@
+"""Sharded, crash-safe JSONL prediction files: split, append, resume, merge.
+
+Layout under ``out_dir`` (``{save}/{model}``), for one dataset::
+
+    {dataset}.jsonl                                  final file, dataset order
+    {dataset}.parts/part-{rank}-of-{world}.jsonl     one append-only log per process
+
+Every line is one JSON object: LongBench's ``pred, answers, all_classes, length``,
+then ``_id`` (the sample's identity: which samples are done, deduplication) and
+``index`` (its position in the dataset: order of the final file). Eval reads the
+four LongBench keys and ignores the other two.
+
+Crash safety: a line is appended with one ``os.write`` and then ``fsync``, so a
+SIGKILL leaves at most one partial last line; its owner cuts it off on reopen and
+every reader ignores it. The final file is only replaced whole (temp file +
+``os.replace``) and part files are deleted only after that, so a kill at any moment
+loses nothing, and the next merge drops the duplicates it may leave.
+
+This module imports nothing from vatp (nor torch): it is the bottom layer.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+LONGBENCH_KEYS = ("pred", "answers", "all_classes", "length")
+
+
+class RunIOError(Exception):
+    """A prediction file or run record cannot be used as is; the message says what to do."""
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Replace ``path`` by ``data`` whole: a reader (or a crash) sees the old file or the new one.
+
+    Assumes one writer per path (rank 0); temp files of killed writers are removed first.
+    """
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden, and not *.jsonl: eval skips it
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a created, renamed or deleted directory entry durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sample_ids(samples: Iterable[Mapping]) -> list[str]:
+    """The identity of each sample: LongBench's ``_id``, or ``#{index}`` where it has none.
+
+    A repeated ``_id`` gets ``#{index}`` appended (with a warning), so two samples are
+    never taken for one, which would skip the second as already done.
+    """
+    ids: list[str] = []
+    seen: set[str] = set()
+    for index, sample in enumerate(samples):
+        sid = sample.get("_id")
+        sid = f"#{index}" if sid in (None, "") else str(sid)
+        if sid in seen:
+            log.warning("sample %d repeats _id %r; it is identified as %r", index, sid, f"{sid}#{index}")
+            sid = f"{sid}#{index}"
+        seen.add(sid)
+        ids.append(sid)
+    return ids
+
+
+def prediction_record(pred: str, sample: Mapping, index: int, sid: str) -> dict:
+    """One output line: LongBench's four keys, then ``_id`` and ``index``."""
+    return {"pred": pred, "answers": sample["answers"], "all_classes": sample["all_classes"],
+            "length": sample["length"], "_id": sid, "index": index}
+
+
+def shard_indices(n: int, rank: int, world: int) -> range:
+    """Dataset indices of process ``rank`` among ``world``: rank, rank + world, rank + 2*world, ...
+
+    Strided rather than contiguous so that each process gets a share of every part of
+    the dataset (LongBench sets are not shuffled by length) and they finish together.
+    """
+    if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+        raise RunIOError(f"need 0 <= rank < world, got rank={rank!r}, world={world!r}")
+    if not (isinstance(n, int) and n >= 0):
+        raise RunIOError(f"need a sample count n >= 0, got {n!r}")
+    return range(rank, n, world)
+
+
+def final_path(out_dir: Path | str, dataset: str) -> Path:
+    return Path(out_dir) / f"{dataset}.jsonl"
+
+
+def parts_dir(out_dir: Path | str, dataset: str) -> Path:
+    return Path(out_dir) / f"{dataset}.parts"
+
+
+def part_path(out_dir: Path | str, dataset: str, rank: int, world: int) -> Path:
+    return parts_dir(out_dir, dataset) / f"part-{rank}-of-{world}.jsonl"
+
+
+def part_paths(out_dir: Path | str, dataset: str) -> list[Path]:
+    """Every part file of ``dataset``, whatever number of processes wrote it."""
+    return sorted(parts_dir(out_dir, dataset).glob("part-*.jsonl"))
+
+
+def _parse(raw: bytes) -> dict | None:
+    """The record on one line, or None if it is not a valid one."""
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    ok = (isinstance(rec, dict) and isinstance(rec.get("_id"), str)
+          and isinstance(rec.get("index"), int) and not isinstance(rec["index"], bool))
+    return rec if ok else None
+
+
+def _scan(path: Path) -> tuple[list[bytes], list[dict], int, int]:
+    """Complete lines of ``path``, their records, the byte offset where they end, the file size.
+
+    A last line without newline or not a valid record is a write cut short and is left out;
+    a bad line with lines after it is real damage and raises.
+    """
+    data = path.read_bytes()
+    lines, records, end = [], [], 0
+    while (nl := data.find(b"\n", end)) >= 0:
+        rec = _parse(data[end:nl + 1])
+        if rec is None:
+            if data.find(b"\n", nl + 1) >= 0:
+                raise RunIOError(f"{path}: line {len(lines) + 1} is not a prediction record, and lines follow it; "
+                                 "this is not an interrupted write: inspect the file, fix or delete it")
+            break
+        lines.append(data[end:nl + 1])
+        records.append(rec)
+        end = nl + 1
+    return lines, records, end, len(data)
+
+
+def repair(path: Path | str) -> int:
+    """Cut an incomplete last line (left by a killed writer) off ``path``; return the bytes cut."""
+    path = Path(path)
+    _, _, end, size = _scan(path)
+    if end < size:
+        log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run", path, size - end)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            os.fsync(f.fileno())
+    return size - end
+
+
+def done_ids(paths: Iterable[Path | str]) -> set[str]:
+    """Ids with a complete line in any of ``paths``; missing files count as empty. Read only."""
+    done: set[str] = set()
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            done.update(rec["_id"] for rec in _scan(Path(path))[1])
+    return done
+
+
+def _lock(fd: int, path: Path) -> None:
+    """Take the one-writer lock of a part file (released by the kernel even on SIGKILL)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunIOError(f"{path} is held by another process: run one pred.py per --save, model and dataset, "
+                         "and merge only after every process has closed its writer (barrier)") from None
+
+
+class PredictionWriter:
+    """Crash-safe appender to this process's part file. Use as a context manager.
+
+    On entry it locks the part file, cuts off an incomplete last line, and sets ``done``:
+    the ids predicted in the final file or in any part file, whatever number of
+    processes wrote them. ``write`` adds to ``done``.
+    """
+
+    def __init__(self, out_dir: Path | str, dataset: str, rank: int = 0, world: int = 1):
+        shard_indices(0, rank, world)  # validates rank and world
+        self.out_dir, self.dataset = Path(out_dir), dataset
+        self.path = part_path(out_dir, dataset, rank, world)
+        self.done: set[str] = set()
+        self._fd: int | None = None
+
+    def __enter__(self) -> PredictionWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            _lock(fd, self.path)
+            _fsync_dir(self.path.parent)
+            repair(self.path)
+            self.done = done_ids([final_path(self.out_dir, self.dataset), *part_paths(self.out_dir, self.dataset)])
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def write(self, record: Mapping) -> None:
+        """Append ``record`` (see ``prediction_record``) as one line: one write, then fsync."""
+        if self._fd is None:
+            raise RunIOError("PredictionWriter.write called outside its `with` block")
+        missing = [k for k in (*LONGBENCH_KEYS, "_id", "index") if k not in record]
+        if missing:
+            raise RunIOError(f"record lacks {missing}; build it with prediction_record()")
+        sid, index = record["_id"], record["index"]
+        if not isinstance(sid, str) or not isinstance(index, int) or isinstance(index, bool):
+            raise RunIOError(f"record needs a str _id and an int index, got {sid!r} and {index!r}")
+        if sid in self.done:
+            raise RunIOError(f"sample {sid!r} (index {index}) is already predicted; skip the ids in writer.done")
+        line = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        while line:  # one write in practice; the loop only guards against a short write
+            line = line[os.write(self._fd, line):]
+        os.fsync(self._fd)
+        self.done.add(sid)
+
+
+def merge_parts(final: Path | str, parts: Sequence[Path | str]) -> int:
+    """Merge ``parts`` and the existing ``final`` file into ``final``; return its line count.
+
+    Lines are copied byte for byte, deduplicated by ``_id`` (first copy wins: the final
+    file, then ``parts`` in order) and sorted by ``index``, so the result does not depend on
+    how many processes wrote them. The final file is replaced atomically, then the parts
+    are deleted. Call it on one process after every writer has closed (a barrier): a part
+    still locked by a writer raises RunIOError.
+    """
+    final, parts = Path(final), [Path(p) for p in parts]
+    by_id: dict[str, tuple[int, bytes]] = {}
+    id_at: dict[int, str] = {}
+    with contextlib.ExitStack() as stack:
+        for part in parts:  # hold every part's lock, so no writer starts or runs during the merge
+            fd = os.open(part, os.O_RDONLY)
+            stack.callback(os.close, fd)
+            _lock(fd, part)
+        for path in [final, *parts]:
+            try:
+                lines, records, end, size = _scan(path)
+            except FileNotFoundError:
+                continue
+            if end < size:
+                log.warning("%s: ignoring an incomplete last line (%d bytes)", path, size - end)
+            for raw, rec in zip(lines, records):
+                sid, index = rec["_id"], rec["index"]
+                held, seen_at = id_at.setdefault(index, sid), by_id.setdefault(sid, (index, raw))[0]
+                if held != sid or seen_at != index:
+                    clash = f"index {index} holds {held!r}" if held != sid else f"{sid!r} is at index {seen_at}"
+                    raise RunIOError(f"{path}: {sid!r} at index {index}, but an earlier line says {clash}: "
+                                     "the dataset changed between runs; pass --overwrite or use another --save")
+        atomic_write_bytes(final, b"".join(raw for _, raw in sorted(by_id.values())))
+        for part in parts:
+            part.unlink()
+    for folder in {part.parent for part in parts}:
+        with contextlib.suppress(OSError):  # not empty: someone else's files, leave them
+            folder.rmdir()
+    return len(by_id)
+
+
+def remove_predictions(out_dir: Path | str, dataset: str) -> list[Path]:
+    """Delete the final file and every part file of ``dataset``; return what was deleted."""
+    removed = [p for p in [final_path(out_dir, dataset), *part_paths(out_dir, dataset)] if p.exists()]
+    for path in removed:
+        path.unlink()
+    with contextlib.suppress(OSError):
+        parts_dir(out_dir, dataset).rmdir()
+    return removed
