@@ -1,0 +1,51 @@
+"""Score a model's LongBench predictions, as LongBench's eval.py does.
+
+    python eval.py --model llama2-7b-chat-4k --save pred_out [--e]
+
+Reads every SAVE/MODEL/*.jsonl written by pred.py, writes SAVE/MODEL/result.json
+(dataset -> score, or -> {"0-4k", "4-8k", "8k+"} with --e) and prints a table.
+The scoring itself lives in vatp/metrics.py, the file handling in vatp/evaluate.py.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from vatp.evaluate import EvalError, evaluate, format_table, write_results
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Score LongBench predictions (SAVE/MODEL/{dataset}.jsonl) with LongBench's metrics "
+        "and write SAVE/MODEL/result.json.")
+    parser.add_argument("--model", required=True,
+                        help="model name: the sub-folder of --save holding the prediction files")
+    parser.add_argument("--save", required=True, type=Path,
+                        help="the folder pred.py wrote to (its --save); predictions are read from SAVE/MODEL/*.jsonl")
+    parser.add_argument("--e", action="store_true",
+                        help="LongBench-E: score each dataset per context-length bucket (0-4k, 4-8k, 8k+, "
+                        "from each line's \"length\"); an empty bucket is null")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model_dir = args.save / args.model
+    try:
+        rows = evaluate(model_dir, longbench_e=args.e)
+    except EvalError as err:
+        print(f"eval.py: error: {err}", file=sys.stderr)
+        return 1
+    try:
+        out = write_results(model_dir, rows)
+    except OSError as err:
+        print(f"eval.py: error: cannot write {model_dir / 'result.json'}: {err}; check the folder's permissions and free space.",
+              file=sys.stderr)
+        return 1
+    print(format_table(rows, longbench_e=args.e))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

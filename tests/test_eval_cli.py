@@ -1,0 +1,142 @@
+"""eval.py end to end, through a subprocess, on small hand-written prediction folders.
+
+The expected result.json values were obtained by running LongBench v1's own
+`LongBench/eval.py` (commit 2e00731, with and without --e) on the same files;
+where it writes NaN for an empty bucket, we expect null.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "tiny-model"
+
+PREDICTIONS = {
+    "hotpotqa": [
+        {"pred": "The Eiffel Tower.", "answers": ["Eiffel Tower"], "all_classes": None, "length": 1200},
+        {"pred": "no", "answers": ["yes"], "all_classes": None, "length": 5100},
+        {"pred": "Marie Curie and Pierre", "answers": ["Marie Curie", "Curie"], "all_classes": None, "length": 3999},
+    ],
+    "trec": [
+        {"pred": "\nLocation\nHuman", "answers": ["Location"], "all_classes": ["Location", "Human", "Entity"], "length": 900},
+        {"pred": "Human or Entity", "answers": ["Human"], "all_classes": ["Location", "Human", "Entity"], "length": 4500},
+    ],
+    "passage_retrieval_zh": [
+        {"pred": "段落3", "answers": ["段落3"], "all_classes": None, "length": 2000},
+        {"pred": "段落3和段落5", "answers": ["段落5"], "all_classes": None, "length": 3000},
+    ],
+    "lcc": [
+        {"pred": "# next line\n    return x + 1", "answers": ["    return x + 2"], "all_classes": None, "length": 8000},
+    ],
+}
+LONGBENCH_RESULT = {"hotpotqa": 55.56, "lcc": 94.0, "passage_retrieval_zh": 75.0, "trec": 75.0}
+LONGBENCH_RESULT_E = {
+    "hotpotqa": {"0-4k": 83.33, "4-8k": 0.0, "8k+": None},
+    "lcc": {"0-4k": None, "4-8k": None, "8k+": 94.0},
+    "passage_retrieval_zh": {"0-4k": 75.0, "4-8k": None, "8k+": None},
+    "trec": {"0-4k": 100.0, "4-8k": 50.0, "8k+": None},
+}
+
+
+def run_eval(*args):
+    return subprocess.run([sys.executable, "eval.py", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def save(tmp_path):
+    """A --save folder with one model's predictions plus sidecar files that must be ignored."""
+    model_dir = tmp_path / MODEL
+    model_dir.mkdir()
+    for dataset, records in PREDICTIONS.items():
+        lines = [json.dumps(r, ensure_ascii=False) for r in records]
+        (model_dir / f"{dataset}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (model_dir / "run.json").write_text('{"heavy_ratio": 0.1}')
+    (model_dir / "notes.txt").write_text("not a prediction file")
+    return tmp_path
+
+
+def test_plain_mode_matches_longbench(save):
+    proc = run_eval("--model", MODEL, "--save", save)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((save / MODEL / "result.json").read_text()) == LONGBENCH_RESULT
+    table = proc.stdout.splitlines()
+    assert table[0].split() == ["dataset", "n", "score"]
+    assert "hotpotqa 3 55.56" in [" ".join(line.split()) for line in table]
+    assert " ".join(next(line for line in table if line.startswith("average")).split()) == "average 8 74.89"
+
+
+def test_e_mode_buckets_and_null_empty_bucket(save):
+    proc = run_eval("--model", MODEL, "--save", save, "--e")
+    assert proc.returncode == 0, proc.stderr
+    text = (save / MODEL / "result.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text) == LONGBENCH_RESULT_E
+    assert proc.stdout.splitlines()[0].split() == ["dataset", "n", "0-4k", "4-8k", "8k+"]
+    assert "lcc 1 - - 94.00" in [" ".join(line.split()) for line in proc.stdout.splitlines()]
+
+
+def _assert_failed_cleanly(proc, *fragments):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+def test_malformed_line_is_reported_and_nothing_written(save):
+    path = save / MODEL / "trec.jsonl"
+    path.write_text(path.read_text() + '{"pred": "Human", "answers": ["Human"\n', encoding="utf-8")
+    proc = run_eval("--model", MODEL, "--save", save)
+    _assert_failed_cleanly(proc, str(path), "line 3", "not valid JSON", "fix or delete this line")
+    assert sorted(p.name for p in (save / MODEL).iterdir()) == [
+        "hotpotqa.jsonl", "lcc.jsonl", "notes.txt", "passage_retrieval_zh.jsonl", "run.json", "trec.jsonl"]
+
+
+def test_failed_run_leaves_previous_result_untouched(save):
+    assert run_eval("--model", MODEL, "--save", save).returncode == 0
+    before = (save / MODEL / "result.json").read_text()
+    (save / MODEL / "hotpotqa.jsonl").write_text('{"pred": "x", "answers": ["x"]}\n')
+    proc = run_eval("--model", MODEL, "--save", save)
+    _assert_failed_cleanly(proc, "hotpotqa.jsonl, line 1", "missing field(s) all_classes")
+    assert (save / MODEL / "result.json").read_text() == before
+
+
+def test_length_is_required_only_with_e(save):
+    (save / MODEL / "lcc.jsonl").write_text('{"pred": "a", "answers": ["a"], "all_classes": null}\n')
+    assert run_eval("--model", MODEL, "--save", save).returncode == 0
+    _assert_failed_cleanly(run_eval("--model", MODEL, "--save", save, "--e"), "lcc.jsonl, line 1", "length")
+
+
+def test_wrong_field_type_is_reported(save):
+    (save / MODEL / "lcc.jsonl").write_text('{"pred": "a", "answers": "a", "all_classes": null, "length": 1}\n')
+    _assert_failed_cleanly(run_eval("--model", MODEL, "--save", save), "lcc.jsonl, line 1", '"answers" must be a list')
+
+
+def test_unknown_dataset_file_is_reported(save):
+    (save / MODEL / "my_task.jsonl").write_text('{"pred": "a", "answers": ["a"], "all_classes": null, "length": 1}\n')
+    _assert_failed_cleanly(run_eval("--model", MODEL, "--save", save), "unknown dataset 'my_task'", "DATASET2METRIC")
+
+
+def test_missing_folder_and_no_prediction_files(tmp_path):
+    _assert_failed_cleanly(run_eval("--model", "nope", "--save", tmp_path), "does not exist")
+    (tmp_path / MODEL).mkdir()
+    (tmp_path / MODEL / "run.json").write_text("{}")
+    _assert_failed_cleanly(run_eval("--model", MODEL, "--save", tmp_path), "no .jsonl prediction files")
+    assert not (tmp_path / MODEL / "result.json").exists()
+
+
+def test_empty_prediction_file_is_reported(save):
+    (save / MODEL / "lcc.jsonl").write_text("\n")
+    _assert_failed_cleanly(run_eval("--model", MODEL, "--save", save), "lcc.jsonl has no predictions")
+
+
+def test_help_describes_every_flag():
+    proc = run_eval("--help")
+    assert proc.returncode == 0
+    for flag in ("--model", "--save", "--e"):
+        assert flag in proc.stdout
+    assert "result.json" in proc.stdout and "0-4k" in proc.stdout

@@ -1,0 +1,146 @@
+"""Read a model's LongBench prediction files, score them, write result.json.
+
+Prediction files are `DIR/MODEL/{dataset}.jsonl`, one JSON object per line
+with the fields written by pred.py: "pred", "answers", "all_classes" and
+"length". Anything in the folder that is not a `.jsonl` file (run.json,
+result.json, logs) is ignored. Every problem is raised as `EvalError` with a
+message that names the file (and line) and says how to fix it.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from vatp.metrics import BUCKETS, score_dataset, score_dataset_e
+
+RESULT_NAME = "result.json"
+
+
+class EvalError(Exception):
+    """A problem with the prediction files that the user has to fix."""
+
+
+def prediction_files(model_dir: Path) -> list:
+    """The sorted `*.jsonl` files of a model folder; EvalError if there are none."""
+    if not model_dir.is_dir():
+        raise EvalError(f"{model_dir} does not exist or is not a folder; "
+                        "check --save and --model (pred.py writes to SAVE/MODEL/).")
+    files = sorted(p for p in model_dir.glob("*.jsonl") if p.is_file())
+    if not files:
+        raise EvalError(f"{model_dir} has no .jsonl prediction files; run pred.py with the same --model and --save first.")
+    return files
+
+
+def _field_error(path: Path, lineno: int, problem: str) -> EvalError:
+    return EvalError(f"{path}, line {lineno}: {problem}. Each line must be a JSON object "
+                     '{"pred": str, "answers": [str, ...], "all_classes": [str, ...] or null, "length": int}; '
+                     "fix or delete this line, or re-run pred.py for this dataset.")
+
+
+def _check_record(record, path: Path, lineno: int, need_length: bool) -> None:
+    """Raise EvalError unless `record` has the fields (and types) scoring needs."""
+    if not isinstance(record, dict):
+        raise _field_error(path, lineno, f"expected a JSON object, got {type(record).__name__}")
+    required = ("pred", "answers", "all_classes") + (("length",) if need_length else ())
+    missing = [key for key in required if key not in record]
+    if missing:
+        raise _field_error(path, lineno, f"missing field(s) {', '.join(missing)}")
+    if not isinstance(record["pred"], str):
+        raise _field_error(path, lineno, '"pred" must be a string')
+    answers = record["answers"]
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise _field_error(path, lineno, '"answers" must be a list of strings')
+    classes = record["all_classes"]
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise _field_error(path, lineno, '"all_classes" must be null or a list of strings')
+    if need_length and (isinstance(record["length"], bool) or not isinstance(record["length"], (int, float))):
+        raise _field_error(path, lineno, '"length" must be a number (the context length in words)')
+
+
+def read_predictions(path: Path, need_length: bool) -> list:
+    """The records of one prediction file, in order; blank lines are skipped."""
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise _field_error(path, lineno, f"not valid JSON ({err.msg} at column {err.colno})") from None
+            _check_record(record, path, lineno, need_length)
+            records.append(record)
+    if not records:
+        raise EvalError(f"{path} has no predictions; delete it or re-run pred.py for this dataset.")
+    return records
+
+
+def score_file(path: Path, longbench_e: bool):
+    """(dataset, number of samples, score or bucket dict) for one prediction file."""
+    dataset = path.name[: -len(".jsonl")]
+    records = read_predictions(path, need_length=longbench_e)
+    predictions = [r["pred"] for r in records]
+    answers = [r["answers"] for r in records]
+    # LongBench takes all_classes from the file's last line (it is the same on every line).
+    all_classes = records[-1]["all_classes"]
+    try:
+        if longbench_e:
+            score = score_dataset_e(dataset, predictions, answers, [r["length"] for r in records], all_classes)
+        else:
+            score = score_dataset(dataset, predictions, answers, all_classes)
+    except ValueError as err:
+        raise EvalError(f"{path}: {err}") from None
+    return dataset, len(records), score
+
+
+def evaluate(model_dir: Path, longbench_e: bool) -> list:
+    """Score every prediction file of a model: a list of (dataset, n, score)."""
+    return [score_file(path, longbench_e) for path in prediction_files(model_dir)]
+
+
+def write_results(model_dir: Path, rows: list) -> Path:
+    """Write {dataset: score} to MODEL_DIR/result.json atomically (temp file + rename)."""
+    out = model_dir / RESULT_NAME
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".result.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({dataset: score for dataset, _, score in rows}, f, ensure_ascii=False, indent=4)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return out
+
+
+def _mean(values: list):
+    """Mean of the non-None values, rounded to 2 decimals; None if there are none."""
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 2) if values else None
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_table(rows: list, longbench_e: bool) -> str:
+    """A plain-text table: dataset, samples, score (or one column per bucket), average row.
+
+    The average is the unweighted mean over datasets (over non-empty buckets with --e).
+    """
+    columns = list(BUCKETS) if longbench_e else ["score"]
+    body = [[dataset, str(n)] + ([_cell(score[b]) for b in BUCKETS] if longbench_e else [_cell(score)])
+            for dataset, n, score in rows]
+    if longbench_e:
+        averages = [_mean([score[b] for _, _, score in rows]) for b in BUCKETS]
+    else:
+        averages = [_mean([score for _, _, score in rows])]
+    footer = ["average", str(sum(n for _, n, _ in rows))] + [_cell(a) for a in averages]
+    header = ["dataset", "n"] + columns
+    widths = [max(len(r[i]) for r in [header, *body, footer]) for i in range(len(header))]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    rule = "-" * len(fmt(header))
+    return "\n".join([fmt(header), rule, *map(fmt, body), rule, fmt(footer)])
