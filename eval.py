@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vatp.evaluate import EvalError, evaluate, format_table, write_results
+from vatp.evaluate import EvalError, evaluate, format_table, unmerged_datasets, write_results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,11 +36,15 @@ def main(argv=None) -> int:
     except EvalError as err:
         print(f"eval.py: error: {err}", file=sys.stderr)
         return 1
+    for dataset in unmerged_datasets(model_dir):
+        print(f"eval.py: warning: {dataset} has unmerged part files in {model_dir / (dataset + '.parts')}; "
+              "its predictions may be incomplete: let pred.py finish (or re-run it) so it merges them.",
+              file=sys.stderr)
     try:
         out = write_results(model_dir, rows)
     except OSError as err:
-        print(f"eval.py: error: cannot write {model_dir / 'result.json'}: {err}; check the folder's permissions and free space.",
-              file=sys.stderr)
+        print(f"eval.py: error: cannot write {model_dir / 'result.json'}: {err}; "
+              "check the folder's permissions and free space.", file=sys.stderr)
         return 1
     print(format_table(rows, longbench_e=args.e))
     print(f"\nwrote {out}")

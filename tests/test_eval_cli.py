@@ -140,3 +140,13 @@ def test_help_describes_every_flag():
     for flag in ("--model", "--save", "--e"):
         assert flag in proc.stdout
     assert "result.json" in proc.stdout and "0-4k" in proc.stdout
+
+
+def test_unmerged_parts_are_ignored_with_a_warning(save):
+    parts = save / MODEL / "hotpotqa.parts"
+    parts.mkdir()
+    (parts / "part-0-of-2.jsonl").write_text('{"pred": "a", "answers": ["a"], "all_classes": null, "length": 1}\n')
+    proc = run_eval("--model", MODEL, "--save", save)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: hotpotqa has unmerged part files" in proc.stderr
+    assert json.loads((save / MODEL / "result.json").read_text()) == LONGBENCH_RESULT

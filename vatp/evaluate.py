@@ -2,9 +2,11 @@
 
 Prediction files are `DIR/MODEL/{dataset}.jsonl`, one JSON object per line
 with the fields written by pred.py: "pred", "answers", "all_classes" and
-"length". Anything in the folder that is not a `.jsonl` file (run.json,
-result.json, logs) is ignored. Every problem is raised as `EvalError` with a
-message that names the file (and line) and says how to fix it.
+"length" (extra keys such as "_id" and "index" are ignored). Anything in the
+folder that is not a `.jsonl` file (run records, result.json, logs, the
+`{dataset}.parts/` folders of a sharded run) is ignored. Every problem is
+raised as `EvalError` with a message that names the file (and line) and says
+how to fix it.
 """
 
 import json
@@ -30,6 +32,12 @@ def prediction_files(model_dir: Path) -> list:
     if not files:
         raise EvalError(f"{model_dir} has no .jsonl prediction files; run pred.py with the same --model and --save first.")
     return files
+
+
+def unmerged_datasets(model_dir: Path) -> list:
+    """Datasets with part files left in `{dataset}.parts/`: a sharded pred.py run
+    that is still going, or crashed before merging; their .jsonl may be incomplete."""
+    return sorted(d.name[: -len(".parts")] for d in model_dir.glob("*.parts") if any(d.glob("*.jsonl")))
 
 
 def _field_error(path: Path, lineno: int, problem: str) -> EvalError:
