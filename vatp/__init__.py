@@ -4,10 +4,20 @@
     session = vatp.enable(model, heavy_ratio=0.25, h2o=True, apval=True, sink_len=20)
     model.generate(...)
     vatp.disable(model)
-"""
-from .config import VatpConfig
-from .methods import METHODS, BudgetError
-from .patch import disable, enable, enabled, session_of
-from .session import VatpSession
 
-__all__ = ["METHODS", "BudgetError", "VatpConfig", "VatpSession", "disable", "enable", "enabled", "session_of"]
+The names below are imported on first use, so tools that need neither torch
+nor transformers (``eval.py``, ``python -m vatp.suite``) start quickly.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "VatpConfig": ".config", "METHODS": ".methods", "BudgetError": ".methods", "VatpSession": ".session",
+    "enable": ".patch", "disable": ".patch", "enabled": ".patch", "session_of": ".patch",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vatp' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)
