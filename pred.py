@@ -1,0 +1,171 @@
+"""Generate LongBench predictions with a pruned KV cache (the paper's pred.py command line).
+
+    python pred.py --model llama2-7b-chat-4k --sink_len 20 --save outctllam2/h2ovatp \
+        --heavy_ratio 0.25 --e --h2o --apval
+
+writes ``{save}/{model}/{dataset}.jsonl`` (LongBench's format) and a run record
+``run_{dataset}.json`` beside it. Reruns resume; ``accelerate launch pred.py ...``
+splits the samples over processes. ``--heavy_ratio 1.0`` runs the full cache.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+from vatp import longbench, runio
+from vatp.models import DTYPES, ModelLoadError, load_model_and_tokenizer, model_path, read_config
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    paper = p.add_argument_group("the paper's flags")
+    paper.add_argument("--model", default="smollm2-135m-instruct",
+                       help="a name in config/model2path.json (default: the embedded SmolLM2-135M-Instruct)")
+    paper.add_argument("--e", action="store_true", help="LongBench-E: the 13 {dataset}_e sets")
+    paper.add_argument("--save", default="pred", help="predictions go to SAVE/MODEL/DATASET.jsonl")
+    paper.add_argument("--heavy_ratio", type=float, default=0.1,
+                       help="heavy-hitter ratio r in (0, 1]; H2O keeps int(r*L) heavy + int(r*L) recent tokens, "
+                            "so 0.25 is the paper's 50%% budget; 1.0 runs the full cache")
+    paper.add_argument("--recent_ratio", type=float, default=None,
+                       help="accepted for compatibility and ignored: the paper's code uses heavy_ratio for both")
+    paper.add_argument("--apval", action="store_true", help="VATP: weight scores by value L1 norms, keep the sinks")
+    paper.add_argument("--h2o", action="store_true", help="H2O scoring; without it, the paper's Scissorhands variant")
+    paper.add_argument("--sink_len", type=int, default=0, help="leading tokens always kept (with --apval)")
+    ours = p.add_argument_group("added by this project")
+    ours.add_argument("--data_dir", default=None,
+                      help="local LongBench folder ({dataset}.jsonl, {dataset}_e.jsonl as in data.zip); "
+                           "default: the Hugging Face hub")
+    ours.add_argument("--datasets", nargs="+", default=None,
+                      help="datasets to run (default: the paper's: the 13 LongBench-E sets with --e, "
+                           "else narrativeqa musique qmsum)")
+    ours.add_argument("--limit", type=int, default=None, help="only the first N samples of each dataset")
+    ours.add_argument("--backend", choices=["mask", "evict"], default="mask",
+                      help="mask: the paper's faithful masking (default); evict: remove pruned tokens from the cache")
+    ours.add_argument("--scoring", choices=["eager", "chunked"], default=None,
+                      help="prefill scoring: eager L x L probabilities, or chunked (SDPA + column sums); "
+                           "default eager for mask, chunked for evict")
+    ours.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: accelerate's, else cuda if available)")
+    ours.add_argument("--device_map", default=None, help="e.g. auto: spread a model too big for one GPU over several")
+    ours.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                      help="default float16 on GPU (as the paper), float32 on CPU")
+    ours.add_argument("--overwrite", action="store_true",
+                      help="delete predictions made with other settings instead of refusing")
+    return p.parse_args(argv)
+
+
+def check_args(args) -> None:
+    if not 0.0 < args.heavy_ratio <= 1.0:
+        raise ValueError(f"--heavy_ratio must be in (0, 1], got {args.heavy_ratio} (0.25 is the paper's 50% budget)")
+    if args.recent_ratio is not None:
+        if not 0.0 < args.recent_ratio <= 1.0:
+            raise ValueError(f"--recent_ratio must be in (0, 1], got {args.recent_ratio}")
+        if args.recent_ratio != args.heavy_ratio:
+            warnings.warn("--recent_ratio is ignored: the paper's code sets recent_ratio = heavy_ratio", stacklevel=2)
+    if args.sink_len < 0:
+        raise ValueError(f"--sink_len must be >= 0, got {args.sink_len}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        check_args(args)
+        return run(args)
+    except (ValueError, ModelLoadError, longbench.DataError, runio.RunIOError) as err:
+        print(f"pred.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    from accelerate import PartialState
+
+    import vatp
+
+    state = PartialState(cpu=args.device == "cpu")
+    world = state.num_processes
+    device = args.device or str(state.device)
+    dtype = args.dtype or ("float32" if device == "cpu" else "float16")
+    path = model_path(args.model)
+    max_length = read_config("model2maxlen").get(args.model)
+    if max_length is None:
+        raise ValueError(f"--model {args.model} has no entry in config/model2maxlen.json; add one")
+    prompts, max_new = read_config("dataset2prompt"), read_config("dataset2maxlen")
+    datasets = args.datasets or longbench.default_datasets(args.e)
+    for name in datasets:
+        if name not in prompts or name not in max_new:
+            raise ValueError(f"dataset {name!r} has no prompt/maxlen in config/dataset2prompt.json and "
+                             "dataset2maxlen.json; add them or pick another")
+    data = {name: longbench.load_samples(name, args.e, args.data_dir)[: args.limit] for name in datasets}
+    out_dir = f"{args.save}/{args.model}"
+    if state.is_main_process:  # refuse mismatching old predictions before the slow model load
+        # runio compares every setting but device(_map), limit, save, data_dir, datasets and overwrite.
+        settings = {**vars(args), "dtype": dtype, "scoring": args.scoring or ("eager" if args.backend == "mask" else "chunked")}
+        for name in datasets:
+            runio.start_run(out_dir, name, settings, model_path=path, num_processes=world, overwrite=args.overwrite)
+    state.wait_for_everyone()
+
+    longbench.seed_everything()
+    model, tokenizer = load_model_and_tokenizer(path, dtype, device, args.device_map)
+    session = None
+    if args.heavy_ratio < 1.0:
+        config = vatp.VatpConfig.from_paper_flags(args.heavy_ratio, args.h2o, args.apval, args.sink_len,
+                                                  backend=args.backend, scoring=args.scoring)
+        session = vatp.enable(model, config)
+    for name, samples in data.items():
+        predict_dataset(args, name, samples, model, tokenizer, session, prompts[name], max_new[name], max_length,
+                        out_dir, state)
+    return 0
+
+
+def predict_dataset(args, name, samples, model, tokenizer, session, prompt_format, max_new, max_length,
+                    out_dir, state) -> None:
+    import torch
+    from tqdm import tqdm
+
+    rank, world = state.process_index, state.num_processes
+    ids = runio.sample_ids(samples)
+    method = describe(args)
+    started, new, kept = time.time(), 0, []
+    with runio.PredictionWriter(out_dir, name, rank, world) as writer:
+        todo = [i for i in runio.shard_indices(len(samples), rank, world) if ids[i] not in writer.done]
+        bar = tqdm(todo, desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process, dynamic_ncols=True)
+        for i in bar:
+            sample = samples[i]
+            input_ids = longbench.encode_prompt(tokenizer, sample, name, prompt_format, args.model, max_length)
+            if input_ids.shape[1] == 0:
+                raise longbench.DataError(f"{name} sample {i} ({ids[i]}) gives an empty prompt; fix the data")
+            if session is not None:
+                budget = session.budget(input_ids.shape[1])  # refuse before generating, with the fix
+                kept.append(min(budget.total, input_ids.shape[1]) / input_ids.shape[1])
+                bar.set_postfix(prompt=input_ids.shape[1], budget=budget.total)
+            input_ids = input_ids.to(model.device)
+            with torch.no_grad():
+                output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                        **longbench.generation_kwargs(tokenizer, name, max_new, input_ids.shape[1]))
+            pred = tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
+            writer.write(runio.prediction_record(longbench.post_process(pred, args.model), sample, i, ids[i]))
+            new += 1
+    state.wait_for_everyone()
+    if state.is_main_process:
+        final = runio.final_path(out_dir, name)
+        count = runio.merge_parts(final, runio.part_paths(out_dir, name))
+        runio.finish_run(out_dir, name, count)
+        budget = f", mean budget {100 * sum(kept) / len(kept):.0f}% of the prompt" if kept else ""
+        if count < len(samples):
+            print(f"{name}: warning: only {count} of {len(samples)} samples predicted", file=sys.stderr)
+        print(f"{name}: {count}/{len(samples)} predictions in {final} ({new} new on rank 0, "
+              f"{time.time() - started:.1f} s, {method}{budget})", flush=True)
+
+
+def describe(args) -> str:
+    if args.heavy_ratio >= 1.0:
+        return "full cache"
+    method = ("H2O" if args.h2o else "Scissorhands") + ("+VATP" if args.apval else "")
+    return f"{method} r={args.heavy_ratio} sink={args.sink_len if args.apval else 0} {args.backend}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

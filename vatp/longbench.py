@@ -1,0 +1,141 @@
+"""LongBench's conventions, as LongBench's and the paper's pred.py apply them.
+
+Dataset lists, loading (a local data.zip folder or the hub), middle
+truncation, chat prompts, and the generation settings of each dataset.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# The paper's code runs these with --e (LongBench-E) ...
+LONGBENCH_E = ["qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report", "multi_news", "trec", "triviaqa",
+               "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p"]
+# ... and these without it.
+PAPER_PLAIN = ["narrativeqa", "musique", "qmsum"]
+# Chat models do better without their chat prompt on these (LongBench); the
+# offline suite's few-shot and code tasks mirror trec and lcc.
+NO_CHAT = {"trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p", "offline_code", "offline_classify"}
+FIELDS = ("input", "context", "answers", "length", "all_classes")
+SEED = 42
+
+
+class DataError(RuntimeError):
+    """Data missing or malformed; the message says how to fix it."""
+
+
+def seed_everything(seed: int = SEED) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_datasets(e: bool) -> list[str]:
+    return list(LONGBENCH_E if e else PAPER_PLAIN)
+
+
+def load_samples(dataset: str, e: bool, data_dir: str | None) -> list[dict]:
+    """The test samples of ``dataset`` (``{dataset}_e`` with ``e``), from ``data_dir`` or the hub."""
+    name = f"{dataset}_e" if e else dataset
+    if data_dir is None:
+        return _load_from_hub(name)
+    path = Path(data_dir) / f"{name}.jsonl"
+    if not Path(data_dir).is_dir():
+        raise DataError(f"data folder {data_dir} does not exist; unzip LongBench's data.zip there "
+                        "(or generate the offline suite: python -m vatp.suite --out DIR)")
+    if not path.is_file():
+        raise DataError(f"{path} not found; --data_dir must hold {{dataset}}.jsonl and {{dataset}}_e.jsonl files "
+                        f"as in LongBench's data.zip (drop --e if you only have {dataset}.jsonl)")
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove that line") from None
+            missing = [k for k in FIELDS if k not in sample] if isinstance(sample, dict) else list(FIELDS)
+            if missing:
+                raise DataError(f"{path}:{number}: missing field(s) {missing}; LongBench lines have {list(FIELDS)}")
+            samples.append(sample)
+    return samples
+
+
+def _load_from_hub(name: str) -> list[dict]:
+    how = ("download LongBench's data.zip (huggingface.co/datasets/THUDM/LongBench, file data.zip), "
+           "unzip it and pass --data_dir path/to/data")
+    try:
+        from datasets import load_dataset
+
+        return list(load_dataset("THUDM/LongBench", name, split="test"))
+    except ImportError:
+        raise DataError(f"loading {name} from the hub needs the `datasets` package; or {how}") from None
+    except Exception as err:  # offline, or a datasets release that no longer runs loading scripts
+        raise DataError(f"could not load {name} from the hub ({type(err).__name__}: {err}); {how}") from None
+
+
+def build_chat(tokenizer, prompt: str, model_name: str) -> str:
+    """The chat prompt of LongBench's pred.py, or the tokenizer's own chat template."""
+    if "llama2" in model_name:
+        return f"[INST]{prompt}[/INST]"
+    if "longchat" in model_name or "vicuna" in model_name:  # FastChat's vicuna_v1.1 template
+        return ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                f"helpful, detailed, and polite answers to the user's questions. USER: {prompt} ASSISTANT:")
+    if "xgen" in model_name:
+        return ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                f"helpful, detailed, and polite answers to the human's questions.\n\n ### Human: {prompt}\n###")
+    if "internlm" in model_name:
+        return f"<|User|>:{prompt}<eoh>\n<|Bot|>:"
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
+def uses_template(tokenizer, model_name: str) -> bool:
+    """Whether the chat prompt comes from the tokenizer's template (which carries its own special tokens)."""
+    return not any(k in model_name for k in ("llama2", "longchat", "vicuna", "xgen", "internlm")) and bool(
+        getattr(tokenizer, "chat_template", None))
+
+
+def truncate_middle(tokenizer, prompt: str, max_length: int) -> str:
+    """Keep the first and last int(max_length/2) tokens (LongBench: instructions sit at both ends)."""
+    ids = tokenizer(prompt, truncation=False, return_tensors="pt").input_ids[0]
+    if len(ids) <= max_length:
+        return prompt
+    half = int(max_length / 2)
+    return tokenizer.decode(ids[:half], skip_special_tokens=True) + tokenizer.decode(ids[-half:], skip_special_tokens=True)
+
+
+def encode_prompt(tokenizer, sample: dict, dataset: str, prompt_format: str, model_name: str, max_length: int):
+    """Token ids (1, n) of a sample's final prompt: formatted, truncated, chat-wrapped."""
+    prompt = truncate_middle(tokenizer, prompt_format.format(**sample), max_length)
+    chat = dataset not in NO_CHAT
+    if chat:
+        prompt = build_chat(tokenizer, prompt, model_name)
+    special = not (chat and uses_template(tokenizer, model_name))
+    return tokenizer(prompt, truncation=False, return_tensors="pt", add_special_tokens=special).input_ids
+
+
+def generation_kwargs(tokenizer, dataset: str, max_new_tokens: int, context_length: int) -> dict:
+    """Greedy decoding; samsum also stops at a newline and generates at least one token (LongBench)."""
+    kwargs = {"max_new_tokens": max_new_tokens, "num_beams": 1, "do_sample": False, "temperature": 1.0,
+              "top_p": None, "top_k": None,
+              "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
+    if dataset == "samsum":
+        kwargs["min_length"] = context_length + 1
+        kwargs["eos_token_id"] = [tokenizer.eos_token_id, tokenizer.encode("\n", add_special_tokens=False)[-1]]
+    return kwargs
+
+
+def post_process(response: str, model_name: str) -> str:
+    if "xgen" in model_name:
+        return response.strip().replace("Assistant:", "")
+    if "internlm" in model_name:
+        return response.split("<eoa>")[0]
+    return response
