@@ -132,6 +132,11 @@ def kept_tokens(model, input_ids: torch.Tensor, layer: int, **settings) -> torch
     return keep[:, :-1].cpu()
 
 
+def encode(tokenizer, text: str) -> torch.Tensor:
+    """The prompt as the model reads it: (1, L) token ids (the tokenizer's special tokens included)."""
+    return tokenizer(text, return_tensors="pt").input_ids
+
+
 def token_strings(tokenizer, input_ids: torch.Tensor) -> list[str]:
     """Readable text of each prompt token ((1, L) ids -> L strings)."""
     _check_ids(input_ids)
