@@ -1,0 +1,185 @@
+"""Benchmark: prefill time and peak memory, decode ms/step and KV bytes, for full cache, mask and evict.
+
+    python bench/bench_kv.py --out bench/results/cpu                       # embedded SmolLM2 on CPU
+    python bench/bench_kv.py --shape llama2-7b --device cuda --dtype float16 \
+        --lengths 4096 8192 16384 32768 --out bench/results/gpu            # random 7B-shaped model
+
+Each (mode, length) point runs in a fresh process, so peak memory is that
+point's own: CUDA's max_memory_allocated above the weights on GPU, the rise
+of the peak RSS over the loaded model on CPU. Writes ``OUT.json``, ``OUT.md``
+and ``OUT.png``. Modes: ``full`` (the model's SDPA, no pruning), ``mask`` (the
+paper's way: eager L x L scoring, pruned tokens masked) and ``evict`` (chunked
+scoring without the L x L matrix, pruned tokens removed from the cache).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+MODES = ("full", "mask", "evict")
+SHAPES = {"llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                            num_key_value_heads=32, vocab_size=32000)}
+SETTINGS = dict(heavy_ratio=0.25, h2o=True, apval=True, sink_len=4)  # the paper's 50% budget
+
+
+def load(args):
+    import torch
+
+    if args.shape:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(**SHAPES[args.shape], max_position_embeddings=max(args.lengths) + args.steps + 8)
+        with torch.device(args.device):
+            model = LlamaForCausalLM(config).to(getattr(torch, args.dtype))
+        return model.eval()
+    from vatp.models import load_model_and_tokenizer, model_path
+
+    return load_model_and_tokenizer(model_path(args.model), args.dtype, args.device)[0]
+
+
+def memory_now(device) -> int:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(args, mode: str, length: int) -> dict:
+    """One point, in this process: prefill, then ``steps`` greedy decode steps."""
+    import torch
+
+    import vatp
+
+    model = load(args)
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if mode != "full":
+        vatp.enable(model, backend=mode, **SETTINGS)
+    ids = torch.randint(10, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(args.device)
+    with torch.no_grad():
+        model(ids[:, :64])  # warm-up kernels and allocator
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        base = memory_now(args.device)
+        sync()
+        start = time.perf_counter()
+        out = model(ids, logits_to_keep=1)
+        sync()
+        prefill_s = time.perf_counter() - start
+        peak = memory_now(args.device) - base
+        token = out.logits[:, -1:].argmax(-1)
+        cache = out.past_key_values
+        sync()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            out = model(token, past_key_values=cache, logits_to_keep=1)
+            token = out.logits[:, -1:].argmax(-1)
+        sync()
+        decode_ms = 1000 * (time.perf_counter() - start) / args.steps
+    kv_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    kv_tokens = cache.layers[0].keys.shape[-2]
+    return dict(mode=mode, length=length, prefill_s=prefill_s, prefill_peak_gib=peak / 2**30,
+                decode_ms=decode_ms, kv_bytes=kv_bytes, kv_tokens=kv_tokens)
+
+
+def ratios(points: list[dict]) -> list[dict]:
+    """Each pruned mode relative to the full cache at the same length, from the same run."""
+    full = {p["length"]: p for p in points if p["mode"] == "full"}
+    rows = []
+    for p in points:
+        f = full.get(p["length"])
+        rows.append({**p, **({} if f is None else {
+            "prefill_time_x": p["prefill_s"] / f["prefill_s"],
+            "prefill_mem_x": p["prefill_peak_gib"] / f["prefill_peak_gib"] if f["prefill_peak_gib"] else None,
+            "decode_x": p["decode_ms"] / f["decode_ms"], "kv_x": p["kv_bytes"] / f["kv_bytes"]})})
+    return rows
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    head = ("| length | mode | prefill s | prefill peak GiB | decode ms/step | KV MiB (tokens) | "
+            "prefill time × | prefill mem × | decode × | KV × |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    fmt = lambda v, spec: "" if v is None else format(v, spec)
+    body = "".join(
+        f"| {r['length']} | {r['mode']} | {r['prefill_s']:.3f} | {r['prefill_peak_gib']:.3f} | {r['decode_ms']:.1f} | "
+        f"{r['kv_bytes'] / 2**20:.1f} ({r['kv_tokens']}) | {fmt(r.get('prefill_time_x'), '.2f')} | "
+        f"{fmt(r.get('prefill_mem_x'), '.2f')} | {fmt(r.get('decode_x'), '.2f')} | {fmt(r.get('kv_x'), '.3f')} |\n"
+        for r in sorted(rows, key=lambda r: (r["length"], MODES.index(r["mode"]))))
+    return f"### {title}\n\n{head}{body}"
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, label in zip(axes, ("prefill_s", "prefill_peak_gib", "decode_ms"),
+                              ("prefill seconds", "prefill peak GiB", "decode ms / step")):
+        for mode in MODES:
+            pts = sorted((r["length"], r[key]) for r in rows if r["mode"] == mode)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt tokens")
+        ax.set_title(label)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="a config/model2path.json name")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this shape instead of --model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--steps", type=int, default=16, help="decode steps timed after the prefill")
+    p.add_argument("--out", default="bench/results/cpu", help="output prefix: OUT.json, OUT.md, OUT.png")
+    p.add_argument("--point", nargs=2, metavar=("MODE", "LENGTH"), help=argparse.SUPPRESS)  # child process
+    args = p.parse_args(argv)
+    if args.point:
+        print(json.dumps(measure(args, args.point[0], int(args.point[1]))))
+        return 0
+    points = []
+    for length in args.lengths:
+        for mode in args.modes:
+            own = sys.argv[1:] if argv is None else argv
+            child = [sys.executable, __file__, *own, "--point", mode, str(length)]
+            done = subprocess.run(child, capture_output=True, text=True)
+            if done.returncode:
+                print(f"{mode} at {length}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                points.append(dict(mode=mode, length=length, error=done.stderr.strip().splitlines()[-1]))
+                continue
+            points.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"{mode:>5} {length:>6}: {points[-1]}", flush=True)
+    ok = [pt for pt in points if "error" not in pt]
+    rows = ratios(ok)
+    title = f"{args.shape or args.model}, {args.dtype}, {args.device}, H2O+VATP heavy_ratio 0.25 (50% budget)"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"title": title, "settings": SETTINGS, "steps": args.steps,
+                                                    "points": rows, "failed": [pt for pt in points if "error" in pt]},
+                                                   indent=1))
+    table = markdown(rows, title)
+    out.with_suffix(".md").write_text(table)
+    if rows:
+        plot(rows, out.with_suffix(".png"), title)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
