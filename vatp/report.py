@@ -1,0 +1,198 @@
+"""Compare methods on LongBench: a markdown table and a bar chart from eval.py's result.json files.
+
+    python -m vatp.report --run "Full cache=pred_full/MODEL" --run "H2O=pred_h2o/MODEL" --out report
+
+Each ``--run LABEL=FOLDER`` names a folder holding the ``result.json`` that
+``eval.py`` wrote: dataset -> score, or (``--e``) dataset -> {"0-4k": s|null,
+"4-8k": s|null, "8k+": s|null}. A LongBench-E entry becomes the unweighted
+mean of its non-empty buckets (the caption says which runs). Writes
+``OUT/report.md`` (methods x datasets, an Average column, best in bold) and
+``OUT/report.png`` (grouped bars), and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .evaluate import RESULT_NAME
+from .metrics import BUCKETS
+
+MARK = "†"  # flags an Average taken over fewer datasets than the table has
+
+
+class ReportError(Exception):
+    """A problem with the inputs that the user has to fix; the message says how."""
+
+
+@dataclass
+class Run:
+    """One method's scores: dataset -> score (None: no score)."""
+
+    label: str
+    scores: dict[str, float | None]
+    bucketed: bool = False  # read from a LongBench-E (--e) result
+
+    def average(self) -> float | None:
+        """Unweighted mean over the datasets this run has, to 2 decimals."""
+        values = [v for v in self.scores.values() if v is not None]
+        return round(sum(values) / len(values), 2) if values else None
+
+
+def parse_run(spec: str) -> tuple[str, Path]:
+    """``"LABEL=FOLDER"`` -> (label, folder); the label may hold spaces, not '='."""
+    label, sep, folder = spec.partition("=")
+    if not sep or not label.strip() or not folder.strip():
+        raise ReportError(f"--run {spec!r} must be LABEL=FOLDER, e.g. \"H2O=pred_out/llama2-7b-chat-4k\"")
+    return label.strip(), Path(folder.strip())
+
+
+def _score(value, path: Path, dataset: str) -> tuple[float | None, bool]:
+    """A result.json entry -> (score or None, whether it was bucketed)."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value, False
+    if isinstance(value, dict) and set(value) <= set(BUCKETS):
+        buckets = [v for v in value.values() if v is not None]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in buckets):
+            return (round(sum(buckets) / len(buckets), 2) if buckets else None), True
+    raise ReportError(f"{path}: {dataset!r} has {value!r}; expected a score or a dict of "
+                      f"{', '.join(BUCKETS)} -> score|null, as eval.py writes; re-run eval.py on that folder")
+
+
+def load_run(label: str, folder: Path) -> Run:
+    """Read ``FOLDER/result.json`` into a :class:`Run`."""
+    path = folder / RESULT_NAME
+    if not path.is_file():
+        raise ReportError(f"{path} not found: run eval.py first "
+                          f"(python eval.py --model {folder.name} --save {folder.parent})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportError(f"cannot read {path}: {err}; re-run eval.py on that folder") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path} holds {type(data).__name__}, not a dataset -> score object; re-run eval.py")
+    scores, bucketed = {}, False
+    for dataset, value in data.items():
+        scores[dataset], was_bucketed = _score(value, path, dataset)
+        bucketed |= was_bucketed
+    return Run(label, scores, bucketed)
+
+
+def datasets_of(runs: list[Run]) -> list[str]:
+    """Every dataset of any run, in order of first appearance."""
+    return list(dict.fromkeys(d for run in runs for d in run.scores))
+
+
+def _cell(value: float | None, best: float | None) -> str:
+    if value is None:
+        return ""
+    text = f"{value:.2f}"
+    return f"**{text}**" if best is not None and round(value, 2) == best else text
+
+
+def _best(values: list) -> float | None:
+    values = [round(v, 2) for v in values if v is not None]
+    return max(values) if values else None
+
+
+def markdown_table(runs: list[Run]) -> str:
+    """Methods x datasets markdown table with an Average column; best per column in bold.
+
+    A run without some dataset gets a blank cell and its Average, over the
+    datasets it has, is marked; only runs with every dataset compete for the
+    best Average.
+    """
+    datasets = datasets_of(runs)
+    header = ["Method", *datasets, "Average"]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    best = {d: _best([run.scores.get(d) for run in runs]) for d in datasets}
+    complete = [all(run.scores.get(d) is not None for d in datasets) for run in runs]
+    best_average = _best([run.average() for run, full in zip(runs, complete) if full])
+    for run, full in zip(runs, complete):
+        cells = [_cell(run.scores.get(d), best[d]) for d in datasets]
+        if full:
+            average = _cell(run.average(), best_average)
+        else:
+            average = _cell(run.average(), None) + MARK
+        lines.append("| " + " | ".join([run.label, *cells, average]) + " |")
+    return "\n".join(lines)
+
+
+def caption(runs: list[Run]) -> str:
+    """What the table shows, including how LongBench-E results were folded into one number."""
+    text = ("Scores per dataset (higher is better); the best per dataset is in bold. Average: unweighted "
+            "mean over the datasets a run has; the best Average among runs with every dataset is in bold.")
+    bucketed = [run.label for run in runs if run.bucketed]
+    if bucketed:
+        text += (f" LongBench-E results ({', '.join(bucketed)}): each cell is the unweighted mean of the "
+                 f"non-empty length buckets ({', '.join(BUCKETS)}).")
+    return text
+
+
+def footnotes(runs: list[Run]) -> list[str]:
+    """One line per run that lacks some dataset: which, and what its Average covers."""
+    datasets = datasets_of(runs)
+    notes = []
+    for run in runs:
+        missing = [d for d in datasets if run.scores.get(d) is None]
+        if missing:
+            notes.append(f"{MARK} {run.label}: average over {len(datasets) - len(missing)} of {len(datasets)} "
+                         f"datasets; no score for {', '.join(missing)}.")
+    return notes
+
+
+def bar_chart(runs: list[Run]):
+    """Grouped bars: one group per dataset plus Average, one bar per run (none where missing)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    groups = datasets_of(runs) + ["Average"]
+    width = 0.8 / len(runs)
+    fig = Figure(figsize=(max(6.0, 1.0 + 0.9 * len(groups) + 0.15 * len(groups) * len(runs)), 4.0),
+                 layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(groups))
+    for i, run in enumerate(runs):
+        values = [run.scores.get(d) for d in groups[:-1]] + [run.average()]
+        heights = np.array([np.nan if v is None else v for v in values], dtype=float)
+        ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=run.label)
+    ax.set_xticks(x, groups, rotation=30, ha="right")
+    ax.set(ylabel="score", title="LongBench scores by method")
+    fig.legend(loc="outside right upper", fontsize=8)
+    return fig
+
+
+def write_report(runs: list[Run], out: Path) -> str:
+    """Write OUT/report.md and OUT/report.png; return the table with its footnotes."""
+    table = "\n\n".join([markdown_table(runs), *footnotes(runs)])
+    out.mkdir(parents=True, exist_ok=True)
+    bar_chart(runs).savefig(out / "report.png", dpi=100)
+    (out / "report.md").write_text(f"# LongBench results\n\n{caption(runs)}\n\n{table}\n\n![scores by method]"
+                                   f"(report.png)\n", encoding="utf-8")
+    return table
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Tabulate and plot eval.py results of several methods.")
+    parser.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER",
+                        help="a method's label and the folder holding its result.json (SAVE/MODEL); repeat")
+    parser.add_argument("--out", type=Path, required=True, help="folder for report.md and report.png")
+    args = parser.parse_args(argv)
+    try:
+        specs = [parse_run(spec) for spec in args.run]
+        labels = [label for label, _ in specs]
+        if len(set(labels)) != len(labels):
+            raise ReportError(f"labels must differ, got {labels}")
+        table = write_report([load_run(label, folder) for label, folder in specs], args.out)
+    except (ReportError, OSError) as err:
+        print(f"report: error: {err}", file=sys.stderr)
+        return 1
+    print(table)
+    print(f"\nwrote {args.out / 'report.md'} and {args.out / 'report.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
