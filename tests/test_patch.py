@@ -127,3 +127,21 @@ def test_batch_of_two_is_refused_clearly():
 def test_unsupported_model_is_refused():
     with pytest.raises(ValueError, match="Llama-family"):
         vatp.enable(torch.nn.Linear(2, 2), heavy_ratio=0.1)
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_streaming_keeps_exactly_the_sinks_and_the_newest_tokens(backend):
+    model = tiny_llama(num_heads=4, num_kv_heads=2)
+    ids = _prompt(100)
+    with vatp.enabled(model, method="streaming", heavy_ratio=0.25, sink_len=4, backend=backend) as session, \
+            torch.no_grad():
+        model(ids)
+        state = session.layers[1]
+        cached = session.cache.layers[1].get_seq_length() if backend == "evict" else None
+    budget = state.budget
+    assert (budget.heavy, budget.recent) == (4, 46)
+    if backend == "mask":
+        expected = [*range(4), *range(100 - 46, 101)]  # sinks, recent, incoming slot
+        assert all(row.nonzero().flatten().tolist() == expected for row in state.keep)
+    else:
+        assert cached == 50

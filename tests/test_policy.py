@@ -94,3 +94,11 @@ def test_config_from_paper_flags():
     cfg = VatpConfig.from_paper_flags(0.25, h2o=False, apval=True, sink_len=None)
     assert (cfg.method, cfg.apval, cfg.sink_len, cfg.resolved_scoring) == ("scissorhands", True, 0, "eager")
     assert VatpConfig(backend="evict").resolved_scoring == "chunked"
+
+
+def test_streaming_budget_is_sinks_plus_recent_with_the_h2o_total():
+    streaming = get_method("streaming")
+    assert streaming.budget(150, 0.25, 4) == Budget(heavy=4, recent=70)
+    assert streaming.budget(150, 0.25, 4).total == get_method("h2o").budget(150, 0.25).total
+    with pytest.raises(BudgetError, match="exceeds the whole budget"):
+        streaming.checked_budget(48, 0.02, 4, True)

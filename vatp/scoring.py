@@ -50,7 +50,7 @@ def eager_prefill(query, key, value, mask, scaling, window: int | None):
     logits = logits.masked_fill(~_allowed(mask, q_len, kv_len, query.device), torch.finfo(logits.dtype).min)
     probs = F.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)  # (1, heads, q, kv)
     out = torch.matmul(probs, _repeat_kv(value, group)).transpose(1, 2)
-    rows = probs[0] if window is None else probs[0, :, -window:]
+    rows = probs[0] if window is None else probs[0, :, max(q_len - window, 0):]
     return out, rows.sum(dim=1)
 
 

@@ -2,8 +2,9 @@
 from .base import BudgetError, Method
 from .h2o import H2O
 from .scissorhands import Scissorhands
+from .streaming import StreamingLLM
 
-METHODS: dict[str, Method] = {m.name: m for m in (H2O(), Scissorhands())}
+METHODS: dict[str, Method] = {m.name: m for m in (H2O(), Scissorhands(), StreamingLLM())}
 
 
 def get_method(name: str) -> Method:

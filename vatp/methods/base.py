@@ -23,12 +23,15 @@ class Method:
     # StreamingLLM-style methods keep sinks whatever ``apval`` says.
     always_sinks: bool = False
 
-    def budget(self, prompt_len: int, ratio: float) -> Budget:
+    def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         raise NotImplementedError
 
     def checked_budget(self, prompt_len: int, ratio: float, sink_len: int, sinks: bool) -> Budget:
         """The budget for this prompt, or a :class:`BudgetError` that says how to fix it."""
-        budget = self.budget(prompt_len, ratio)
+        budget = self.budget(prompt_len, ratio, sink_len)
+        if budget.recent < 0:
+            raise BudgetError(f"{self.name}: sink_len {sink_len} exceeds the whole budget ({budget.total}) for a "
+                              f"{prompt_len}-token prompt; lower sink_len or raise heavy_ratio")
         if budget.heavy < 0:
             raise BudgetError(
                 f"{self.name}: heavy_ratio {ratio} gives a negative heavy budget ({budget.heavy}) "

@@ -13,6 +13,6 @@ class H2O(Method):
     query_window = None
     score_divisor = 1.0
 
-    def budget(self, prompt_len: int, ratio: float) -> Budget:
+    def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         n = int(ratio * prompt_len)
         return Budget(heavy=n, recent=n)

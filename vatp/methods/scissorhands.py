@@ -20,7 +20,7 @@ class Scissorhands(Method):
     query_window = WINDOW
     score_divisor = float(WINDOW)
 
-    def budget(self, prompt_len: int, ratio: float) -> Budget:
+    def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         return Budget(heavy=int(ratio * prompt_len) * 2 - RECENT, recent=RECENT)
 
     def min_ratio(self, prompt_len: int) -> float:
