@@ -4,8 +4,13 @@
         --heavy_ratio 0.25 --e --h2o --apval
 
 writes ``{save}/{model}/{dataset}.jsonl`` (LongBench's format) and a run record
-``run_{dataset}.json`` beside it. Reruns resume; ``accelerate launch pred.py ...``
-splits the samples over processes. ``--heavy_ratio 1.0`` runs the full cache.
+``run_{dataset}.json`` beside it. Reruns resume; ``accelerate launch --multi_gpu
+--num_processes N pred.py ...`` (or ``torchrun --nproc_per_node N``) splits the
+samples over processes, on GPUs or CPU. ``--heavy_ratio 1.0`` runs the full cache.
+
+Flags, configs, data and every prompt's cache budget are checked before the model
+loads; a problem stops the run with exit status 2 and a one-line message.
+``VATP_CONFIG_DIR`` points at another folder than ``config/``.
 """
 from __future__ import annotations
 
@@ -14,8 +19,11 @@ import sys
 import time
 import warnings
 
+import vatp  # its names load lazily: no torch import yet
 from vatp import longbench, runio
-from vatp.models import DTYPES, ModelLoadError, load_model_and_tokenizer, model_path, read_config
+from vatp.longbench import DataError, UsageError
+
+DTYPES = ("bfloat16", "float16", "float32")  # vatp.models.DTYPES, without importing torch
 
 
 def parse_args(argv=None):
@@ -48,7 +56,7 @@ def parse_args(argv=None):
                            "default eager for mask, chunked for evict")
     ours.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: accelerate's, else cuda if available)")
     ours.add_argument("--device_map", default=None, help="e.g. auto: spread a model too big for one GPU over several")
-    ours.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    ours.add_argument("--dtype", choices=DTYPES, default=None,
                       help="default float16 on GPU (as the paper), float32 on CPU")
     ours.add_argument("--overwrite", action="store_true",
                       help="delete predictions made with other settings instead of refusing")
@@ -56,17 +64,20 @@ def parse_args(argv=None):
 
 
 def check_args(args) -> None:
+    """The checks that need nothing but the flags."""
     if not 0.0 < args.heavy_ratio <= 1.0:
-        raise ValueError(f"--heavy_ratio must be in (0, 1], got {args.heavy_ratio} (0.25 is the paper's 50% budget)")
+        raise UsageError(f"--heavy_ratio must be in (0, 1], got {args.heavy_ratio} "
+                         "(0.25 is the paper's 50% budget, 1.0 the full cache)")
     if args.recent_ratio is not None:
         if not 0.0 < args.recent_ratio <= 1.0:
-            raise ValueError(f"--recent_ratio must be in (0, 1], got {args.recent_ratio}")
+            raise UsageError(f"--recent_ratio must be in (0, 1], got {args.recent_ratio} (it is ignored: "
+                             "the paper's code sets recent_ratio = heavy_ratio; leave it out)")
         if args.recent_ratio != args.heavy_ratio:
             warnings.warn("--recent_ratio is ignored: the paper's code sets recent_ratio = heavy_ratio", stacklevel=2)
     if args.sink_len < 0:
-        raise ValueError(f"--sink_len must be >= 0, got {args.sink_len}")
+        raise UsageError(f"--sink_len must be >= 0, got {args.sink_len}")
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
 
 
 def main(argv=None) -> int:
@@ -74,54 +85,92 @@ def main(argv=None) -> int:
     try:
         check_args(args)
         return run(args)
-    except (ValueError, ModelLoadError, longbench.DataError, runio.RunIOError) as err:
+    except (UsageError, DataError, runio.RunIOError) as err:
         print(f"pred.py: error: {err}", file=sys.stderr)
         return 2
 
 
 def run(args) -> int:
-    from accelerate import PartialState
-
-    import vatp
-
-    state = PartialState(cpu=args.device == "cpu")
-    world = state.num_processes
-    device = args.device or str(state.device)
-    dtype = args.dtype or ("float32" if device == "cpu" else "float16")
-    path = model_path(args.model)
-    max_length = read_config("model2maxlen").get(args.model)
-    if max_length is None:
-        raise ValueError(f"--model {args.model} has no entry in config/model2maxlen.json; add one")
-    prompts, max_new = read_config("dataset2prompt"), read_config("dataset2maxlen")
+    # 1. Everything that needs no torch: config entries and data (fails in a fraction of a second).
+    path, max_length = longbench.resolve_model(args.model)
+    prompts, max_new = longbench.read_config("dataset2prompt"), longbench.read_config("dataset2maxlen")
     datasets = args.datasets or longbench.default_datasets(args.e)
     for name in datasets:
         if name not in prompts or name not in max_new:
-            raise ValueError(f"dataset {name!r} has no prompt/maxlen in config/dataset2prompt.json and "
-                             "dataset2maxlen.json; add them or pick another")
+            raise UsageError(f"dataset {name!r} has no prompt/maxlen in {longbench.config_dir()}/dataset2prompt.json "
+                             "and dataset2maxlen.json; add them or pick another")
     data = {name: longbench.load_samples(name, args.e, args.data_dir)[: args.limit] for name in datasets}
+
+    # 2. Every prompt, and its cache budget, before the slow model load (every rank checks all samples,
+    #    so that all fail alike).
+    import torch
+    from accelerate import PartialState
+
+    config = None
+    if args.heavy_ratio < 1.0:
+        try:
+            config = vatp.VatpConfig.from_paper_flags(args.heavy_ratio, args.h2o, args.apval, args.sink_len,
+                                                      backend=args.backend, scoring=args.scoring)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    tokenizer = longbench.load_tokenizer(path)
+    encoded = {name: encode_dataset(args, name, samples, tokenizer, prompts[name], max_length, config)
+               for name, samples in data.items()}
+
+    # 3. The run records (refusing predictions made with other settings), then the model.
+    cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)  # gloo on CPU when launched with several processes
+    device = args.device or str(state.device)
+    dtype = args.dtype or ("float32" if torch.device(device).type == "cpu" else "float16")
     out_dir = f"{args.save}/{args.model}"
-    if state.is_main_process:  # refuse mismatching old predictions before the slow model load
+    if state.is_main_process:
         # runio compares every setting but device(_map), limit, save, data_dir, datasets and overwrite.
         settings = {**vars(args), "dtype": dtype, "scoring": args.scoring or ("eager" if args.backend == "mask" else "chunked")}
         for name in datasets:
-            runio.start_run(out_dir, name, settings, model_path=path, num_processes=world, overwrite=args.overwrite)
+            runio.start_run(out_dir, name, settings, model_path=path, num_processes=state.num_processes,
+                            overwrite=args.overwrite)
     state.wait_for_everyone()
 
+    from vatp.models import ModelLoadError, load_model_and_tokenizer
+
     longbench.seed_everything()
-    model, tokenizer = load_model_and_tokenizer(path, dtype, device, args.device_map)
-    session = None
-    if args.heavy_ratio < 1.0:
-        config = vatp.VatpConfig.from_paper_flags(args.heavy_ratio, args.h2o, args.apval, args.sink_len,
-                                                  backend=args.backend, scoring=args.scoring)
-        session = vatp.enable(model, config)
-    for name, samples in data.items():
-        predict_dataset(args, name, samples, model, tokenizer, session, prompts[name], max_new[name], max_length,
-                        out_dir, state)
+    try:
+        model, tokenizer = load_model_and_tokenizer(path, dtype, device, args.device_map)
+    except ModelLoadError as err:
+        raise UsageError(str(err)) from None
+    print(f"pred.py: rank {state.process_index} of {state.num_processes}: {args.model} on {model.device} "
+          f"({dtype}, {describe(args)})", file=sys.stderr, flush=True)
+    session = vatp.enable(model, config) if config is not None else None
+    try:
+        for name, samples in data.items():
+            predict_dataset(args, name, samples, encoded[name], model, tokenizer, session, max_new[name],
+                            out_dir, state)
+    finally:
+        if session is not None:
+            vatp.disable(model)
     return 0
 
 
-def predict_dataset(args, name, samples, model, tokenizer, session, prompt_format, max_new, max_length,
-                    out_dir, state) -> None:
+def encode_dataset(args, name, samples, tokenizer, prompt_format, max_length, config) -> list:
+    """Token ids (1, n) of every sample's prompt; raises if one is empty or leaves no cache budget."""
+    ids = runio.sample_ids(samples)
+    session = None if config is None else vatp.VatpSession(config)  # only for its budget rule
+    encoded = []
+    for i, sample in enumerate(samples):
+        input_ids = longbench.encode_prompt(tokenizer, sample, name, prompt_format, args.model, max_length)
+        where = f"{name} sample {i} ({ids[i]}, {input_ids.shape[1]} prompt tokens)"
+        if input_ids.shape[1] == 0:
+            raise DataError(f"{where} gives an empty prompt; fix the data")
+        if session is not None:
+            try:
+                session.budget(input_ids.shape[1])
+            except ValueError as err:  # vatp.BudgetError, with the fix
+                raise UsageError(f"{where}: {err}") from None
+        encoded.append(input_ids)
+    return encoded
+
+
+def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max_new, out_dir, state) -> None:
     import torch
     from tqdm import tqdm
 
@@ -133,12 +182,9 @@ def predict_dataset(args, name, samples, model, tokenizer, session, prompt_forma
         todo = [i for i in runio.shard_indices(len(samples), rank, world) if ids[i] not in writer.done]
         bar = tqdm(todo, desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process, dynamic_ncols=True)
         for i in bar:
-            sample = samples[i]
-            input_ids = longbench.encode_prompt(tokenizer, sample, name, prompt_format, args.model, max_length)
-            if input_ids.shape[1] == 0:
-                raise longbench.DataError(f"{name} sample {i} ({ids[i]}) gives an empty prompt; fix the data")
+            input_ids = encoded[i]
             if session is not None:
-                budget = session.budget(input_ids.shape[1])  # refuse before generating, with the fix
+                budget = session.budget(input_ids.shape[1])
                 kept.append(min(budget.total, input_ids.shape[1]) / input_ids.shape[1])
                 bar.set_postfix(prompt=input_ids.shape[1], budget=budget.total)
             input_ids = input_ids.to(model.device)
@@ -146,7 +192,7 @@ def predict_dataset(args, name, samples, model, tokenizer, session, prompt_forma
                 output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                         **longbench.generation_kwargs(tokenizer, name, max_new, input_ids.shape[1]))
             pred = tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
-            writer.write(runio.prediction_record(longbench.post_process(pred, args.model), sample, i, ids[i]))
+            writer.write(runio.prediction_record(longbench.post_process(pred, args.model), samples[i], i, ids[i]))
             new += 1
     state.wait_for_everyone()
     if state.is_main_process:
@@ -156,7 +202,7 @@ def predict_dataset(args, name, samples, model, tokenizer, session, prompt_forma
         budget = f", mean budget {100 * sum(kept) / len(kept):.0f}% of the prompt" if kept else ""
         if count < len(samples):
             print(f"{name}: warning: only {count} of {len(samples)} samples predicted", file=sys.stderr)
-        print(f"{name}: {count}/{len(samples)} predictions in {final} ({new} new on rank 0, "
+        print(f"{name}: {count}/{len(samples)} predictions in {final} ({new} new on rank 0 of {world}, "
               f"{time.time() - started:.1f} s, {method}{budget})", flush=True)
 
 

@@ -1,16 +1,16 @@
 """LongBench's conventions, as LongBench's and the paper's pred.py apply them.
 
-Dataset lists, loading (a local data.zip folder or the hub), middle
-truncation, chat prompts, and the generation settings of each dataset.
+Dataset lists, config and data loading (a local data.zip folder or the hub),
+middle truncation, chat prompts, and the generation settings of each dataset.
+Importing it does not import torch, so that pred.py can refuse bad flags, configs
+and data in a fraction of a second.
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
-
-import numpy as np
-import torch
 
 # The paper's code runs these with --e (LongBench-E) ...
 LONGBENCH_E = ["qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report", "multi_news", "trec", "triviaqa",
@@ -22,13 +22,73 @@ PAPER_PLAIN = ["narrativeqa", "musique", "qmsum"]
 NO_CHAT = {"trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p", "offline_code", "offline_classify"}
 FIELDS = ("input", "context", "answers", "length", "all_classes")
 SEED = 42
+# config/ of this repository; the environment variable VATP_CONFIG_DIR points pred.py at another folder.
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 
 class DataError(RuntimeError):
     """Data missing or malformed; the message says how to fix it."""
 
 
+class UsageError(ValueError):
+    """A bad flag, config entry or model; the message says how to fix it."""
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("VATP_CONFIG_DIR") or REPO_CONFIG)
+
+
+def read_config(name: str, folder: Path | None = None) -> dict:
+    """``{folder}/{name}.json`` (default: ``config_dir()``), or a UsageError saying what is wrong with it."""
+    path = Path(folder or config_dir()) / f"{name}.json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} not found; restore it (git checkout config/) "
+                         "or unset VATP_CONFIG_DIR") from None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"config file {path} is not readable JSON ({err}); fix it") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"config file {path} must hold a JSON object (name -> value)")
+    return value
+
+
+def resolve_model(name: str, folder: Path | None = None) -> tuple[str, int]:
+    """The path (hub id, folder or ``embedded:<package>``) and prompt token limit of model ``name``."""
+    folder = Path(folder or config_dir())
+    paths, limits = read_config("model2path", folder), read_config("model2maxlen", folder)
+    if name not in paths:
+        raise UsageError(f"unknown model {name!r}: add it to {folder / 'model2path.json'} and model2maxlen.json, "
+                         f"or pick one of: {', '.join(sorted(paths))}")
+    if name not in limits:
+        raise UsageError(f"model {name!r} has no prompt length in {folder / 'model2maxlen.json'}; add one")
+    path = paths[name]
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+        raise UsageError(f"model path {path} of {name!r} does not exist; fix {folder / 'model2path.json'} "
+                         "or create that folder")
+    return path, int(limits[name])
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of a model path (hub id, folder or ``embedded:<package>``), without the weights."""
+    from transformers import AutoTokenizer
+
+    from .models import EMBEDDED, ModelLoadError, _convert_embedded, embedded_gguf
+
+    try:
+        source = str(_convert_embedded(embedded_gguf(path[len(EMBEDDED):]))) if path.startswith(EMBEDDED) else path
+        return AutoTokenizer.from_pretrained(source)
+    except ModelLoadError as err:
+        raise UsageError(str(err)) from None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"could not load the tokenizer of {path!r}: {err}") from None
+
+
 def seed_everything(seed: int = SEED) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -62,6 +122,9 @@ def load_samples(dataset: str, e: bool, data_dir: str | None) -> list[dict]:
             missing = [k for k in FIELDS if k not in sample] if isinstance(sample, dict) else list(FIELDS)
             if missing:
                 raise DataError(f"{path}:{number}: missing field(s) {missing}; LongBench lines have {list(FIELDS)}")
+            if not str(sample["context"]).strip() and not str(sample["input"]).strip():
+                raise DataError(f"{path}:{number}: empty prompt (both context and input are empty); "
+                                "fix or remove that line")
             samples.append(sample)
     return samples
 

