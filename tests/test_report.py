@@ -1,0 +1,110 @@
+"""vatp.report on small hand-written result.json folders: exact table, averages, bold, gaps, errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from vatp import report
+
+REPO = Path(__file__).resolve().parents[1]
+
+RESULTS = {
+    "full": {"narrativeqa": 20.1, "qasper": 30.0, "trec": 60.5},
+    "h2o": {"narrativeqa": 18.25, "qasper": 31.0},  # no trec
+    # LongBench-E: narrativeqa -> mean(10, 21) = 15.5; qasper has no bucket; trec -> 180.5 / 3 = 60.17
+    "vatp_e": {"narrativeqa": {"0-4k": 10.0, "4-8k": None, "8k+": 21.0},
+               "qasper": {"0-4k": None, "4-8k": None, "8k+": None},
+               "trec": {"0-4k": 60.5, "4-8k": 70.0, "8k+": 50}},
+}
+
+TABLE = """\
+| Method | narrativeqa | qasper | trec | Average |
+| --- | ---: | ---: | ---: | ---: |
+| Full cache | **20.10** | 30.00 | **60.50** | **36.87** |
+| H2O | 18.25 | **31.00** |  | 24.62† |
+| H2O+VATP | 15.50 |  | 60.17 | 37.84† |
+
+† H2O: average over 2 of 3 datasets; no score for trec.
+
+† H2O+VATP: average over 2 of 3 datasets; no score for qasper."""
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """LABEL=FOLDER specs of the three made-up runs, each folder SAVE/MODEL with a result.json."""
+    specs = []
+    for label, key in (("Full cache", "full"), ("H2O", "h2o"), ("H2O+VATP", "vatp_e")):
+        folder = tmp_path / key / "tiny-model"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps(RESULTS[key]), encoding="utf-8")
+        specs.append(f"{label}={folder}")
+    return specs
+
+
+def _args(specs, out):
+    return [arg for spec in specs for arg in ("--run", spec)] + ["--out", str(out)]
+
+
+def test_cli_prints_and_writes_the_table(runs, tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "vatp.report", *_args(runs, out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(TABLE + "\n")
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert TABLE in markdown and "![scores by method](report.png)" in markdown
+    assert "LongBench-E results (H2O+VATP): each cell is the unweighted mean of the non-empty length buckets" \
+        in markdown
+    height, width = matplotlib.image.imread(out / "report.png").shape[:2]
+    assert width >= 500 and height >= 300
+
+
+def test_averages_bold_and_gaps(runs):
+    loaded = [report.load_run(*report.parse_run(spec)) for spec in runs]
+    assert [run.average() for run in loaded] == [36.87, 24.62, 37.84]
+    assert loaded[2].scores == {"narrativeqa": 15.5, "qasper": None, "trec": 60.17} and loaded[2].bucketed
+    assert not loaded[0].bucketed
+    assert report.markdown_table(loaded) + "\n\n" + "\n\n".join(report.footnotes(loaded)) == TABLE
+    # With every dataset present there are no footnotes and the best Average is bold.
+    complete = [report.Run("A", {"x": 1.0, "y": 3.0}), report.Run("B", {"x": 2.0, "y": 2.0})]
+    assert report.markdown_table(complete).splitlines()[2:] == ["| A | 1.00 | **3.00** | **2.00** |",
+                                                                "| B | **2.00** | 2.00 | **2.00** |"]
+    assert report.footnotes(complete) == []
+    assert "LongBench-E" not in report.caption(complete)
+
+
+def test_missing_result_file_is_an_error(runs, tmp_path, capsys):
+    folder = tmp_path / "never-evaluated" / "tiny-model"
+    folder.mkdir(parents=True)
+    assert report.main(_args(runs + [f"Scissorhands={folder}"], tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert f"{folder / 'result.json'} not found: run eval.py first" in err
+    assert f"python eval.py --model tiny-model --save {folder.parent}" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "holds list, not a dataset -> score object"),
+    ("{\"qasper\": \"high\"}", "'qasper' has 'high'; expected a score"),
+    ("{\"qasper\": {\"0-2k\": 1.0}}", "'qasper' has {'0-2k': 1.0}"),
+    ("{not json", "cannot read"),
+])
+def test_malformed_result_file_is_an_error(tmp_path, capsys, content, message):
+    (tmp_path / "result.json").write_text(content, encoding="utf-8")
+    assert report.main(["--run", f"bad={tmp_path}", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "result.json") in err and message in err
+
+
+@pytest.mark.parametrize("spec", ["no-equals-sign", "=folder", "label="])
+def test_bad_run_spec_is_an_error(tmp_path, capsys, spec):
+    assert report.main(["--run", spec, "--out", str(tmp_path)]) == 1
+    assert "must be LABEL=FOLDER" in capsys.readouterr().err
+
+
+def test_duplicate_labels_are_an_error(runs, tmp_path, capsys):
+    assert report.main(_args([runs[0], runs[0]], tmp_path / "out")) == 1
+    assert "labels must differ" in capsys.readouterr().err
