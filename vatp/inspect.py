@@ -49,10 +49,11 @@ def _stop_after(module):
         handle.remove()
 
 
-def _forward_through(model, input_ids: torch.Tensor, layer: int, capture=None):
-    """Run layers 0..``layer`` on the prompt; ``capture(module)`` may add its own hooks first.
+def forward_through(model, input_ids: torch.Tensor, layer: int, capture=None):
+    """Run the model on the prompt (1, L) only through ``layer``'s attention, then stop.
 
-    Returns whatever ``capture`` collected (a dict filled by its hooks).
+    ``capture(attention_module, found)`` may register hooks that fill the
+    dict ``found``; they are removed afterwards and ``found`` is returned.
     """
     _check_ids(input_ids)
     attn = _attention(model, layer)
@@ -95,7 +96,7 @@ def attention_probs(model, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
-        probs = _forward_through(model, input_ids, layer, capture)["probs"]
+        probs = forward_through(model, input_ids, layer, capture)["probs"]
     finally:
         model.set_attn_implementation(previous)
     return probs[0].float().cpu()  # (heads, L, L)
@@ -112,7 +113,7 @@ def value_norms(model, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
     def capture(attn, found):
         return [attn.v_proj.register_forward_hook(lambda mod, args, out: found.update(values=out))]
 
-    values = _forward_through(model, input_ids, layer, capture)["values"]  # (1, L, kv_heads * d)
+    values = forward_through(model, input_ids, layer, capture)["values"]  # (1, L, kv_heads * d)
     kv_heads = model.config.num_key_value_heads
     values = values[0].view(values.shape[1], kv_heads, -1).transpose(0, 1)  # (kv_heads, L, d)
     return policy.value_l1_norm(values).float().cpu()
@@ -127,7 +128,7 @@ def kept_tokens(model, input_ids: torch.Tensor, layer: int, **settings) -> torch
     """
     _not_enabled(model)
     with patch.enabled(model, backend="mask", **settings) as session:
-        _forward_through(model, input_ids, layer)
+        forward_through(model, input_ids, layer)
         keep = session.layers[layer].keep  # (kv_heads, L + 1)
     return keep[:, :-1].cpu()
 
