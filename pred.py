@@ -154,19 +154,18 @@ def run(args) -> int:
 def encode_dataset(args, name, samples, tokenizer, prompt_format, max_length, config) -> list:
     """Token ids (1, n) of every sample's prompt; raises if one is empty or leaves no cache budget."""
     ids = runio.sample_ids(samples)
+    encoded = [longbench.encode_prompt(tokenizer, sample, name, prompt_format, args.model, max_length)
+               for sample in samples]
     session = None if config is None else vatp.VatpSession(config)  # only for its budget rule
-    encoded = []
-    for i, sample in enumerate(samples):
-        input_ids = longbench.encode_prompt(tokenizer, sample, name, prompt_format, args.model, max_length)
-        where = f"{name} sample {i} ({ids[i]}, {input_ids.shape[1]} prompt tokens)"
-        if input_ids.shape[1] == 0:
+    for i in sorted(range(len(samples)), key=lambda i: encoded[i].shape[1]):  # the shortest failing one first
+        where = f"{name} sample {i} ({ids[i]}, {encoded[i].shape[1]} prompt tokens)"
+        if encoded[i].shape[1] == 0:
             raise DataError(f"{where} gives an empty prompt; fix the data")
         if session is not None:
             try:
-                session.budget(input_ids.shape[1])
+                session.budget(encoded[i].shape[1])
             except ValueError as err:  # vatp.BudgetError, with the fix
                 raise UsageError(f"{where}: {err}") from None
-        encoded.append(input_ids)
     return encoded
 
 

