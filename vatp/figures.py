@@ -111,10 +111,12 @@ def make_figures(model, tokenizer, prompt: str, layer: int, head: int,
     where = f"layer {layer}, query head {head} (KV head {kv}), {ids.shape[1]} tokens"
     kept = {label: inspect.kept_tokens(model, ids, layer, **settings)[kv]
             for label, settings in compared_methods(heavy_ratio, sink_len).items()}
+    norms = inspect.value_norms(model, ids, layer)[kv]  # (L,)
+    probs = inspect.attention_probs(model, ids, layer)[head]  # (L, L)
+    tokens = inspect.token_strings(tokenizer, ids)
     return {
-        "value_norms": value_norms_figure(inspect.value_norms(model, ids, layer)[kv], inspect.token_strings(
-            tokenizer, ids), sink_len, f"Value L1 norm per token: {where}"),
-        "attention": attention_figure(inspect.attention_probs(model, ids, layer)[head], f"Attention: {where}"),
+        "value_norms": value_norms_figure(norms, tokens, sink_len, f"Value L1 norm per token: {where}"),
+        "attention": attention_figure(probs, f"Attention: {where}"),
         "kept_tokens": kept_tokens_figure(kept, sink_len, f"Tokens kept after prefill at heavy_ratio "
                                                           f"{heavy_ratio}: {where}"),
     }
