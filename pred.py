@@ -15,6 +15,7 @@ loads; a problem stops the run with exit status 2 and a one-line message.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import warnings
@@ -49,6 +50,9 @@ def parse_args(argv=None):
                       help="datasets to run (default: the paper's: the 13 LongBench-E sets with --e, "
                            "else narrativeqa musique qmsum)")
     ours.add_argument("--limit", type=int, default=None, help="only the first N samples of each dataset")
+    ours.add_argument("--method", choices=["streaming"], default=None,
+                      help="a method outside the paper's flags: streaming = sinks (--sink_len) + recent tokens, "
+                           "the StreamingLLM-style baseline with H2O's total budget")
     ours.add_argument("--backend", choices=["mask", "evict"], default="mask",
                       help="mask: the paper's faithful masking (default); evict: remove pruned tokens from the cache")
     ours.add_argument("--scoring", choices=["eager", "chunked"], default=None,
@@ -111,6 +115,8 @@ def run(args) -> int:
         try:
             config = vatp.VatpConfig.from_paper_flags(args.heavy_ratio, args.h2o, args.apval, args.sink_len,
                                                       backend=args.backend, scoring=args.scoring)
+            if args.method:
+                config = dataclasses.replace(config, method=args.method)
         except ValueError as err:
             raise UsageError(str(err)) from None
     tokenizer = longbench.load_tokenizer(path)
@@ -209,6 +215,8 @@ def describe(args) -> str:
     if args.heavy_ratio >= 1.0:
         return "full cache"
     method = ("H2O" if args.h2o else "Scissorhands") + ("+VATP" if args.apval else "")
+    if args.method == "streaming":
+        return f"StreamingLLM r={args.heavy_ratio} sink={args.sink_len} {args.backend}"
     return f"{method} r={args.heavy_ratio} sink={args.sink_len if args.apval else 0} {args.backend}"
 
 

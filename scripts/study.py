@@ -1,0 +1,119 @@
+"""Reproduction study: does value awareness help, and where? (the grid behind RESULTS.md)
+
+    python scripts/study.py --out study_out                          # CPU: embedded model, 2 lengths
+    python scripts/study.py --out study_gpu --tokens 4000 8000 --samples 20 --device cuda
+
+For each context length it builds the offline suite, then runs pred.py and
+eval.py for: the full cache; H2O, H2O+VATP, Scissorhands, Scissorhands+VATP
+and a StreamingLLM-style baseline (sinks + recent) at budgets of 20%, 35% and
+50% of the prompt (heavy_ratio = budget / 2). Finished runs are reused:
+pred.py resumes a run, and one whose result.json is newer than its
+predictions is skipped. Writes ``OUT/study.md`` (a table per length and
+budget, and VATP's per-task win/tie/loss count against its baseline) and a
+report (``vatp.report``) per length and budget.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vatp.report import load_run, markdown_table, write_report  # noqa: E402
+
+TASKS = ["offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify"]
+METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it weights
+    "h2o": ("H2O", ["--h2o"]),
+    "h2o_vatp": ("H2O+VATP", ["--h2o", "--apval"]),
+    "scissorhands": ("Scissorhands", []),
+    "scissorhands_vatp": ("Scissorhands+VATP", ["--apval"]),
+    "streaming": ("StreamingLLM", ["--method", "streaming"]),
+}
+PAIRS = [("h2o", "h2o_vatp"), ("scissorhands", "scissorhands_vatp")]
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def predict(args, data: Path, save: Path, flags: list[str]) -> Path:
+    """pred.py + eval.py for one grid point, unless its result is already there."""
+    folder = save / args.model
+    result = folder / "result.json"
+    preds = [folder / f"{t}.jsonl" for t in TASKS]
+    if result.is_file() and all(p.is_file() and p.stat().st_mtime <= result.stat().st_mtime for p in preds):
+        return folder
+    run([sys.executable, "pred.py", "--model", args.model, "--data_dir", str(data), "--datasets", *TASKS,
+         "--save", str(save), "--backend", args.backend, *(["--device", args.device] if args.device else []),
+         *flags])
+    run([sys.executable, "eval.py", "--model", args.model, "--save", str(save)])
+    return folder
+
+
+def win_loss(scores: dict, tokens: list[int], budgets: list[float]) -> list[str]:
+    """Per task, VATP against its baseline: wins, ties, losses over all lengths and budgets."""
+    lines = ["| pair | task | wins | ties | losses |", "|---|---|---|---|---|"]
+    total = {}
+    for base, vatp in PAIRS:
+        for task in TASKS + ["Average"]:
+            w = t = l = 0
+            for n in tokens:
+                for b in budgets:
+                    x, y = scores[(n, b, base)].get(task), scores[(n, b, vatp)].get(task)
+                    if x is None or y is None:
+                        continue
+                    w, t, l = w + (y > x), t + (y == x), l + (y < x)
+            lines.append(f"| {METHODS[vatp][0]} vs {METHODS[base][0]} | {task} | {w} | {t} | {l} |")
+            if task != "Average":
+                total[base] = [a + c for a, c in zip(total.get(base, [0, 0, 0]), (w, t, l))]
+        lines.append(f"| {METHODS[vatp][0]} vs {METHODS[base][0]} | **all tasks** | {total[base][0]} | "
+                     f"{total[base][1]} | {total[base][2]} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="study_out")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--tokens", type=int, nargs="+", default=[1000, 2000], help="context lengths (approx. tokens)")
+    p.add_argument("--samples", type=int, default=4, help="samples per task and length")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.35, 0.5], help="KV budget, share of the prompt")
+    p.add_argument("--sink_len", type=int, default=20, help="sinks of VATP and StreamingLLM (the paper's 20)")
+    p.add_argument("--backend", default="mask", choices=["mask", "evict"])
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    scores, sections = {}, []
+    for n in args.tokens:
+        data = out / f"data_{n}"
+        run([sys.executable, "-m", "vatp.suite", "--out", str(data), "--samples", str(args.samples),
+             "--tokens", str(n), "--tasks", *TASKS])
+        full = load_run("Full cache", predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"]))
+        for b in args.budgets:
+            runs = [full]
+            for name, (label, flags) in METHODS.items():
+                sink = ["--sink_len", str(args.sink_len)] if "--apval" in flags or name == "streaming" else []
+                folder = predict(args, data, out / f"t{n}" / f"{name}_b{b}",
+                                 ["--heavy_ratio", str(b / 2), *flags, *sink])
+                runs.append(load_run(label, folder))
+                scores[(n, b, name)] = {**runs[-1].scores, "Average": runs[-1].average()}
+            write_report(runs, out / f"report_t{n}_b{b}")
+            sections.append(f"### ~{n}-token contexts, {round(100 * b)}% budget\n\n{markdown_table(runs)}\n\n"
+                            f"![chart](report_t{n}_b{b}/report.png)\n")
+    text = (f"# Study: {args.model}, {args.samples} samples per task and length, sink_len {args.sink_len}, "
+            f"backend {args.backend}\n\nCommand: `python scripts/study.py {' '.join(argv or sys.argv[1:])}`\n\n"
+            + "\n".join(sections) + "\n### VATP against its baseline, per task (all lengths and budgets)\n\n"
+            + "\n".join(win_loss(scores, args.tokens, args.budgets)) + "\n")
+    (out / "study.md").write_text(text)
+    (out / "scores.json").write_text(json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in scores.items()}, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
