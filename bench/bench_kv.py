@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 MODES = ("full", "mask", "evict")
 SHAPES = {"llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                            num_key_value_heads=32, vocab_size=32000)}
+                            num_key_value_heads=32, vocab_size=32000),
+          # a smoke-test size for CI
+          "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=256)}
 SETTINGS = dict(heavy_ratio=0.25, h2o=True, apval=True, sink_len=4)  # the paper's 50% budget
 
 

@@ -1,0 +1,20 @@
+"""The benchmark runs end to end at a CI-friendly size and reports the KV it really holds."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_bench_smoke_reports_half_the_kv_for_evict(tmp_path):
+    out = tmp_path / "bench"
+    subprocess.run([sys.executable, "bench/bench_kv.py", "--shape", "tiny", "--lengths", "128", "--steps", "3",
+                    "--out", str(out)], check=True, cwd=REPO, capture_output=True)
+    result = json.loads(out.with_suffix(".json").read_text())
+    points = {p["mode"]: p for p in result["points"]}
+    assert set(points) == {"full", "mask", "evict"} and not result["failed"]
+    assert points["full"]["kv_tokens"] == points["mask"]["kv_tokens"] == 128 + 3  # masking frees nothing
+    assert points["evict"]["kv_tokens"] == 64  # 2 * int(0.25 * 128): the 50% budget
+    assert points["evict"]["kv_x"] == 64 / 131
+    assert out.with_suffix(".md").read_text().count("\n| 128 |") == 3
+    assert out.with_suffix(".png").stat().st_size > 10_000
