@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-demo_out}
 SAMPLES=${SAMPLES:-4}
-TOKENS=${TOKENS:-"1000 2000"}
+TOKENS=${TOKENS:-"800 1600"}
 MODEL=smollm2-135m-instruct
 TASKS="offline_qa offline_retrieval offline_count offline_code offline_classify"
 

@@ -94,14 +94,17 @@ def decode_step(query, key, value, keep: torch.Tensor | None, scaling):
     """Attention of one new query; ``keep`` (kv_heads, kv_len) bool masks pruned keys.
 
     Pruned logits get the dtype's minimum before the softmax, so their
-    probability is exactly 0 (the paper's ``w*m + (1-m)*min``).
+    probability is exactly 0 (the paper's ``w*m + (1-m)*min``). The query
+    heads of a GQA group attend their shared KV head in one batched matmul,
+    without copying the cache per query head.
     Returns the output (1, 1, heads, d) and the probabilities (heads, kv_len).
     """
-    group = query.shape[1] // key.shape[1]
-    logits = torch.matmul(query, _repeat_kv(key, group).transpose(2, 3)) * scaling  # (1, heads, 1, kv)
+    heads, d = query.shape[1], query.shape[3]
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    q = query[0, :, 0].view(kv_heads, heads // kv_heads, d)  # (kv_heads, group, d)
+    logits = torch.matmul(q, key[0].transpose(1, 2)) * scaling  # (kv_heads, group, kv)
     if keep is not None:
-        pruned = ~keep.repeat_interleave(group, dim=0)[None, :, None, :]
-        logits = logits.masked_fill(pruned, torch.finfo(logits.dtype).min)
+        logits = logits.masked_fill(~keep[:, None, :], torch.finfo(logits.dtype).min)
     probs = F.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(probs, _repeat_kv(value, group)).transpose(1, 2)
-    return out, probs[0, :, 0]
+    out = torch.matmul(probs, value[0])  # (kv_heads, group, d)
+    return out.reshape(1, 1, heads, d), probs.reshape(heads, kv_len)
