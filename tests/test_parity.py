@@ -24,6 +24,12 @@ def _cases():
 CASES = _cases()
 
 
+def test_reference_fixtures_are_present():
+    from conftest import REFPARITY
+    assert REFPARITY.is_dir(), f"{REFPARITY} missing: set VATP_SHARED to the shared/ folder"
+    assert len(CASES) == 26 and sum(c["mode"] == "full" for c in CASES) == 2
+
+
 def _run(model, case, backend):
     """Generate as pred.py does; record each forward's masks and detail arrays (mask backend)."""
     ids = torch.tensor([case["input_ids"]])
