@@ -42,9 +42,10 @@ def load(args):
         with torch.device(args.device):
             model = LlamaForCausalLM(config).to(getattr(torch, args.dtype))
         return model.eval()
-    from vatp.models import load_model_and_tokenizer, model_path
+    from vatp.longbench import resolve_model
+    from vatp.models import load_model_and_tokenizer
 
-    return load_model_and_tokenizer(model_path(args.model), args.dtype, args.device)[0]
+    return load_model_and_tokenizer(resolve_model(args.model)[0], args.dtype, args.device)[0]
 
 
 def memory_now(device) -> int:

@@ -139,13 +139,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from .longbench import resolve_model
     from .methods import BudgetError
-    from .models import ModelLoadError, load_model_and_tokenizer, model_path
+    from .models import ModelLoadError, load_model_and_tokenizer
 
     args = parse_args(argv)
     try:
         prompt = args.prompt_file.read_text(encoding="utf-8") if args.prompt_file else default_prompt()
-        model, tokenizer = load_model_and_tokenizer(model_path(args.model), args.dtype, args.device)
+        model, tokenizer = load_model_and_tokenizer(resolve_model(args.model)[0], args.dtype, args.device)
         figures = make_figures(model, tokenizer, prompt, args.layer, args.head, args.heavy_ratio, args.sink_len)
         args.out.mkdir(parents=True, exist_ok=True)
         for stem, fig in figures.items():

@@ -74,11 +74,10 @@ def load_tokenizer(path: str):
     """The tokenizer of a model path (hub id, folder or ``embedded:<package>``), without the weights."""
     from transformers import AutoTokenizer
 
-    from .models import EMBEDDED, ModelLoadError, _convert_embedded, embedded_gguf
+    from .models import ModelLoadError, local_source
 
     try:
-        source = str(_convert_embedded(embedded_gguf(path[len(EMBEDDED):]))) if path.startswith(EMBEDDED) else path
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(local_source(path))
     except ModelLoadError as err:
         raise UsageError(str(err)) from None
     except (OSError, ValueError) as err:

