@@ -8,7 +8,8 @@ eval.py for: the full cache; H2O, H2O+VATP, Scissorhands, Scissorhands+VATP
 and a StreamingLLM-style baseline (sinks + recent) at budgets of 20%, 35% and
 50% of the prompt (heavy_ratio = budget / 2). Finished runs are reused:
 pred.py resumes a run, and one whose result.json is newer than its
-predictions is skipped. Writes ``OUT/study.md`` (a table per length and
+predictions is skipped; ``--report_only`` runs nothing and reports the
+finished points (missing ones are listed). Writes ``OUT/study.md`` (a table per length and
 budget, and VATP's per-task win/tie/loss count against its baseline) and a
 report (``vatp.report``) per length and budget.
 """
@@ -41,13 +42,15 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def predict(args, data: Path, save: Path, flags: list[str]) -> Path:
-    """pred.py + eval.py for one grid point, unless its result is already there."""
+def predict(args, data: Path, save: Path, flags: list[str]) -> Path | None:
+    """pred.py + eval.py for one grid point, unless its result is already there (None: not run)."""
     folder = save / args.model
     result = folder / "result.json"
     preds = [folder / f"{t}.jsonl" for t in TASKS]
     if result.is_file() and all(p.is_file() and p.stat().st_mtime <= result.stat().st_mtime for p in preds):
         return folder
+    if args.report_only:
+        return None
     run([sys.executable, "pred.py", "--model", args.model, "--data_dir", str(data), "--datasets", *TASKS,
          "--save", str(save), "--backend", args.backend, *(["--device", args.device] if args.device else []),
          *flags])
@@ -64,7 +67,7 @@ def win_loss(scores: dict, tokens: list[int], budgets: list[float]) -> list[str]
             w = t = l = 0
             for n in tokens:
                 for b in budgets:
-                    x, y = scores[(n, b, base)].get(task), scores[(n, b, vatp)].get(task)
+                    x, y = scores.get((n, b, base), {}).get(task), scores.get((n, b, vatp), {}).get(task)
                     if x is None or y is None:
                         continue
                     w, t, l = w + (y > x), t + (y == x), l + (y < x)
@@ -86,29 +89,37 @@ def main(argv=None) -> int:
     p.add_argument("--sink_len", type=int, default=20, help="sinks of VATP and StreamingLLM (the paper's 20)")
     p.add_argument("--backend", default="mask", choices=["mask", "evict"])
     p.add_argument("--device", default=None)
+    p.add_argument("--report_only", action="store_true", help="run nothing; report the finished points")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
-    scores, sections = {}, []
+    scores, sections, missing = {}, [], []
     for n in args.tokens:
         data = out / f"data_{n}"
-        run([sys.executable, "-m", "vatp.suite", "--out", str(data), "--samples", str(args.samples),
-             "--tokens", str(n), "--tasks", *TASKS])
-        full = load_run("Full cache", predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"]))
+        if not args.report_only:
+            run([sys.executable, "-m", "vatp.suite", "--out", str(data), "--samples", str(args.samples),
+                 "--tokens", str(n), "--tasks", *TASKS])
+        full = predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])
         for b in args.budgets:
-            runs = [full]
+            runs = [load_run("Full cache", full)] if full else []
             for name, (label, flags) in METHODS.items():
                 sink = ["--sink_len", str(args.sink_len)] if "--apval" in flags or name == "streaming" else []
                 folder = predict(args, data, out / f"t{n}" / f"{name}_b{b}",
                                  ["--heavy_ratio", str(b / 2), *flags, *sink])
+                if folder is None:
+                    missing.append(f"{label} at ~{n} tokens, {round(100 * b)}% budget")
+                    continue
                 runs.append(load_run(label, folder))
                 scores[(n, b, name)] = {**runs[-1].scores, "Average": runs[-1].average()}
+            if not runs:
+                continue
             write_report(runs, out / f"report_t{n}_b{b}")
             sections.append(f"### ~{n}-token contexts, {round(100 * b)}% budget\n\n{markdown_table(runs)}\n\n"
                             f"![chart](report_t{n}_b{b}/report.png)\n")
     text = (f"# Study: {args.model}, {args.samples} samples per task and length, sink_len {args.sink_len}, "
             f"backend {args.backend}\n\nCommand: `python scripts/study.py {' '.join(argv or sys.argv[1:])}`\n\n"
             + "\n".join(sections) + "\n### VATP against its baseline, per task (all lengths and budgets)\n\n"
-            + "\n".join(win_loss(scores, args.tokens, args.budgets)) + "\n")
+            + "\n".join(win_loss(scores, args.tokens, args.budgets)) + "\n"
+            + ("\nNot run: " + "; ".join(missing) + ".\n" if missing else ""))
     (out / "study.md").write_text(text)
     (out / "scores.json").write_text(json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in scores.items()}, indent=1))
     print(text)
