@@ -22,9 +22,7 @@ import warnings
 
 import vatp  # its names load lazily: no torch import yet
 from vatp import longbench, runio
-from vatp.longbench import DataError, UsageError
-
-DTYPES = ("bfloat16", "float16", "float32")  # vatp.models.DTYPES, without importing torch
+from vatp.longbench import DTYPE_NAMES, DataError, UsageError
 
 
 def parse_args(argv=None):
@@ -60,7 +58,7 @@ def parse_args(argv=None):
                            "default eager for mask, chunked for evict")
     ours.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: accelerate's, else cuda if available)")
     ours.add_argument("--device_map", default=None, help="e.g. auto: spread a model too big for one GPU over several")
-    ours.add_argument("--dtype", choices=DTYPES, default=None,
+    ours.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                       help="default float16 on GPU (as the paper), float32 on CPU")
     ours.add_argument("--overwrite", action="store_true",
                       help="delete predictions made with other settings instead of refusing")
@@ -131,7 +129,8 @@ def run(args) -> int:
     out_dir = f"{args.save}/{args.model}"
     if state.is_main_process:
         # runio compares every setting but device(_map), limit, save, data_dir, datasets and overwrite.
-        settings = {**vars(args), "dtype": dtype, "scoring": args.scoring or ("eager" if args.backend == "mask" else "chunked")}
+        scoring = (config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring)).resolved_scoring
+        settings = {**vars(args), "dtype": dtype, "scoring": scoring}
         for name in datasets:
             runio.start_run(out_dir, name, settings, model_path=path, num_processes=state.num_processes,
                             overwrite=args.overwrite)

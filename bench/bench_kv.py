@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from vatp.longbench import DTYPE_NAMES  # noqa: E402  (no torch import)
+
 MODES = ("full", "mask", "evict")
 SHAPES = {"llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                             num_key_value_heads=32, vocab_size=32000),
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m-instruct", help="a config/model2path.json name")
     p.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this shape instead of --model")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--steps", type=int, default=16, help="decode steps timed after the prefill")

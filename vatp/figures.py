@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from . import inspect
+from .longbench import DTYPE_NAMES
 
 # The language reference's "global" topic: ~350 tokens of real English prose.
 DEFAULT_TOPIC = "global"
@@ -132,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"UTF-8 text to use as the prompt (default: pydoc topic {DEFAULT_TOPIC!r})")
     parser.add_argument("--heavy_ratio", type=float, default=0.25, help="budget ratio, as pred.py's")
     parser.add_argument("--sink_len", type=int, default=4, help="sink tokens VATP always keeps")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files (created if missing)")
     return parser.parse_args(argv)

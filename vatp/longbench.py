@@ -22,6 +22,8 @@ PAPER_PLAIN = ["narrativeqa", "musique", "qmsum"]
 NO_CHAT = {"trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p", "offline_code", "offline_classify"}
 FIELDS = ("input", "context", "answers", "length", "all_classes")
 SEED = 42
+# Model dtypes by name; vatp.models maps them to torch dtypes (this module imports no torch).
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
 # config/ of this repository; the environment variable VATP_CONFIG_DIR points pred.py at another folder.
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 EMBEDDED = "embedded:"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from .longbench import DTYPE_NAMES
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 class ModelLoadError(RuntimeError):
