@@ -59,7 +59,9 @@ def attention_column_sums(query, key, mask, scaling, window: int | None, chunk: 
 
     query (1, heads, q, d), key (1, kv_heads, kv, d) -> (heads, kv) float32.
     Each chunk of query rows holds whole rows of logits, so its softmax is
-    exact; only (heads, chunk, kv) is alive at a time.
+    exact; only (heads, chunk, kv) is alive at a time. Under a plain causal
+    mask (``mask`` None) a chunk skips the keys after its last query, which
+    would get probability 0: half the work of a prompt.
     """
     heads, q_len, d = query.shape[1:]
     kv_heads, kv_len = key.shape[1], key.shape[2]
@@ -71,10 +73,12 @@ def attention_column_sums(query, key, mask, scaling, window: int | None, chunk: 
         hi = min(lo + chunk, q_len)
         # (kv_heads, group * rows, d) @ (kv_heads, d, kv): grouped heads share one key read.
         q = query[0, :, lo:hi].reshape(kv_heads, group * (hi - lo), d)
-        logits = torch.matmul(q, keys_t).view(heads, hi - lo, kv_len) * scaling
-        allowed = _allowed(mask, q_len, kv_len, query.device, lo, hi)[0]
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        sums += F.softmax(logits, dim=-1, dtype=torch.float32).sum(dim=1)
+        seen = kv_len if mask is not None else kv_len - q_len + hi  # keys any of these rows may see
+        logits = torch.matmul(q, keys_t[:, :, :seen]).view(heads, hi - lo, seen).float().mul_(scaling)
+        allowed = _allowed(mask, q_len, kv_len, query.device, lo, hi)[0, :, :, :seen]
+        logits.masked_fill_(~allowed, float("-inf"))
+        # Softmax in place (one float32 buffer alive): p = exp(logit - logsumexp of the row).
+        sums[:, :seen] += logits.sub_(logits.logsumexp(dim=-1, keepdim=True)).exp_().sum(dim=1)
     return sums
 
 
