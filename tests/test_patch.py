@@ -145,3 +145,50 @@ def test_streaming_keeps_exactly_the_sinks_and_the_newest_tokens(backend):
         assert all(row.nonzero().flatten().tolist() == expected for row in state.keep)
     else:
         assert cached == 50
+
+
+def test_evict_reuses_freed_slots_and_keeps_the_right_tokens():
+    """Steady-state decode writes each new token into the slot it evicted: no growth, no copy.
+
+    StreamingLLM's kept set is known (sinks + newest), so the slots can be
+    checked against a full-cache run: layer 0's keys depend only on token
+    and position, so each kept slot must hold the key of its own position.
+    """
+    model = tiny_llama(num_heads=4, num_kv_heads=2)
+    prompt, steps = _prompt(40), 30
+    with vatp.enabled(model, method="streaming", heavy_ratio=0.25, sink_len=4, backend="evict") as session, \
+            torch.no_grad():
+        out = model(prompt)
+        cache, tokens, buffers = out.past_key_values, [out.logits[0, -1].argmax()], []
+        for _ in range(steps):
+            out = model(tokens[-1].view(1, 1), past_key_values=cache)
+            tokens.append(out.logits[0, -1].argmax())
+            buffers.append((cache.layers[0].keys.data_ptr(), cache.layers[0].keys.shape[-2]))
+        layer, state = cache.layers[0], session.layers[0]
+    budget = state.budget
+    assert len(set(buffers[1:])) == 1  # one buffer, written in place, from the second step on
+    assert buffers[-1][1] == budget.total + 1  # the budget plus the slot the next token overwrites
+    assert layer.get_seq_length() == budget.total
+    assert sorted(state.slots[0].tolist()) != state.slots[0].tolist()  # slots were reused out of order
+
+    full = torch.cat([prompt, torch.stack(tokens[:-1]).view(1, -1)], dim=1)  # what the cache has seen
+    with torch.no_grad():
+        reference = model(full).past_key_values.layers[0].keys  # (1, kv_heads, seen, d)
+    seen = full.shape[1]
+    positions = [*range(budget.heavy), *range(seen - budget.recent, seen)]
+    for head in range(2):
+        torch.testing.assert_close(layer.keys[0, head, state.slots[head]], reference[0, head, positions])
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_evict_equals_mask_over_many_reused_slots(variant):
+    # 60 steps on a 40-token budget: every slot is overwritten, most of them more than once.
+    model = tiny_llama(num_heads=6, num_kv_heads=2, hidden=96)
+    ids = _prompt(80)
+    settings = dict(heavy_ratio=0.25, sink_len=2, **variant)
+    with vatp.enabled(model, backend="mask", **settings):
+        mask = greedy(model, ids, steps=60)
+    with vatp.enabled(model, backend="evict", **settings):
+        evict = greedy(model, ids, steps=60)
+    assert evict[0] == mask[0]
+    torch.testing.assert_close(evict[1], mask[1], rtol=1e-5, atol=1e-5)

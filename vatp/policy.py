@@ -71,6 +71,11 @@ def accumulate(previous: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return step
 
 
+def kept_count(k: int, budget: Budget) -> int:
+    """How many of ``k`` cached tokens :func:`keep_mask` keeps, the incoming slot aside."""
+    return k if k <= budget.total or budget.recent == 0 else budget.total
+
+
 def keep_mask(scores: torch.Tensor, budget: Budget) -> torch.Tensor:
     """Which tokens the next forward attends: (kv_heads, K) -> (kv_heads, K+1) bool.
 
@@ -85,7 +90,7 @@ def keep_mask(scores: torch.Tensor, budget: Budget) -> torch.Tensor:
     """
     heads, k = scores.shape
     keep = torch.ones(heads, k + 1, dtype=torch.bool, device=scores.device)
-    if k <= budget.total or budget.recent == 0:
+    if kept_count(k, budget) == k:
         return keep
     older = k - budget.recent
     keep[:, :older] = False

@@ -78,8 +78,14 @@ class VatpSession:
     def _attend_step(self, layer_idx, state, query, key, value, scaling):
         keep = self.backend.step_mask(state)
         out, probs = scoring.decode_step(query, key, value, keep, scaling)
-        state.value_norms = torch.cat([state.value_norms, policy.value_l1_norm(value[0, :, -1:])], dim=1)
-        step = policy.group_to_kv_heads(probs, key.shape[1])  # (kv_heads, kv_len)
+        step = policy.group_to_kv_heads(probs, key.shape[1])  # (kv_heads, kv_len), in cache order
+        order = self.backend.step_order(state, key.shape[2])  # evict: slots are not in token order
+        if order is None:
+            new_value = value[0, :, -1:]
+        else:
+            step = step.gather(1, order)
+            new_value = value[0].gather(1, order[:, -1:, None].expand(-1, -1, value.shape[-1]))
+        state.value_norms = torch.cat([state.value_norms, policy.value_l1_norm(new_value)], dim=1)
         if self.config.apval:
             step = step * state.value_norms
         state.scores = policy.accumulate(state.scores, step)
@@ -90,8 +96,7 @@ class VatpSession:
     def _decide(self, layer_idx: int, state: LayerState) -> None:
         keep = policy.keep_mask(state.scores, state.budget)
         state.scores = policy.drop_pruned(state.scores, keep)
-        layer = self.cache.layers[layer_idx] if self.cache is not None else None
-        self.backend.apply(state, keep, layer)
+        self.backend.apply(state, keep, self.cache, layer_idx)
 
     def _chunked_prefill(self, query, key, value, mask, scaling, window):
         return scoring.chunked_prefill(query, key, value, mask, scaling, window, self.config.chunk_size)
