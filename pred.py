@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 import time
 import warnings
@@ -53,9 +54,9 @@ def parse_args(argv=None):
                            "the StreamingLLM-style baseline with H2O's total budget")
     ours.add_argument("--backend", choices=["mask", "evict"], default="mask",
                       help="mask: the paper's faithful masking (default); evict: remove pruned tokens from the cache")
-    ours.add_argument("--scoring", choices=["eager", "chunked"], default=None,
-                      help="prefill scoring: eager L x L probabilities, or chunked (SDPA + column sums); "
-                           "default eager for mask, chunked for evict")
+    ours.add_argument("--scoring", choices=["eager", "chunked", "fused"], default=None,
+                      help="prefill scoring: eager L x L probabilities, chunked (SDPA + column sums) or fused "
+                           "(SDPA + a Triton column-sum kernel, CUDA); default eager for mask, chunked for evict")
     ours.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: accelerate's, else cuda if available)")
     ours.add_argument("--device_map", default=None, help="e.g. auto: spread a model too big for one GPU over several")
     ours.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
@@ -126,6 +127,11 @@ def run(args) -> int:
     state = PartialState(cpu=cpu)  # gloo on CPU when launched with several processes
     device = args.device or str(state.device)
     dtype = args.dtype or ("float32" if torch.device(device).type == "cpu" else "float16")
+    if config is not None and config.resolved_scoring == "fused":
+        if torch.device(device).type != "cuda":
+            raise UsageError(f"--scoring fused runs on a CUDA GPU, not on {device}; use --scoring chunked")
+        if importlib.util.find_spec("triton") is None:
+            raise UsageError("--scoring fused needs triton: pip install triton, or use --scoring chunked")
     out_dir = f"{args.save}/{args.model}"
     if state.is_main_process:
         # runio compares every setting but device(_map), limit, save, data_dir, datasets and overwrite.

@@ -8,8 +8,9 @@ Each (mode, length) point runs in a fresh process, so peak memory is that
 point's own: CUDA's max_memory_allocated above the weights on GPU, the rise
 of the peak RSS over the loaded model on CPU. Writes ``OUT.json``, ``OUT.md``
 and ``OUT.png``. Modes: ``full`` (the model's SDPA, no pruning), ``mask`` (the
-paper's way: eager L x L scoring, pruned tokens masked) and ``evict`` (chunked
-scoring without the L x L matrix, pruned tokens removed from the cache).
+paper's way: eager L x L scoring, pruned tokens masked) and ``evict`` (scoring
+without the L x L matrix, ``--scoring chunked`` or ``fused``; pruned tokens
+removed from the cache).
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def measure(args, mode: str, length: int) -> dict:
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if mode != "full":
-        vatp.enable(model, backend=mode, **SETTINGS)
+        vatp.enable(model, backend=mode, scoring="eager" if mode == "mask" else args.scoring, **SETTINGS)
     ids = torch.randint(10, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
     ids = ids.to(args.device)
     with torch.no_grad():
@@ -155,6 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--scoring", choices=["chunked", "fused"], default="chunked", help="evict's prefill scoring")
     p.add_argument("--steps", type=int, default=16, help="decode steps timed after the prefill")
     p.add_argument("--out", default="bench/results/cpu", help="output prefix: OUT.json, OUT.md, OUT.png")
     p.add_argument("--point", nargs=2, metavar=("MODE", "LENGTH"), help=argparse.SUPPRESS)  # child process
@@ -176,7 +178,8 @@ def main(argv=None) -> int:
             print(f"{mode:>5} {length:>6}: {points[-1]}", flush=True)
     ok = [pt for pt in points if "error" not in pt]
     rows = ratios(ok)
-    title = f"{args.shape or args.model}, {args.dtype}, {args.device}, H2O+VATP heavy_ratio 0.25 (50% budget)"
+    title = (f"{args.shape or args.model}, {args.dtype}, {args.device}, H2O+VATP heavy_ratio 0.25 (50% budget), "
+             f"evict scoring {args.scoring}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"title": title, "settings": SETTINGS, "steps": args.steps,

@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Tests only: the fused scoring kernel is checked in Triton's CPU interpreter
+# (3.5's interpreter fails under numpy >= 2.4; 3.9's works).
+${PYTHON:-python3} -m pip install -q triton==3.9.0
 ${PYTHON:-python3} -m pytest -q tests "$@"

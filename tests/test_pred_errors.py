@@ -66,6 +66,8 @@ CASES = {  # id: (flags, environment, what the message must say)
     "scissorhands budget below its recent window": (["--heavy_ratio", "0.01"], {},
                                                     ["scissorhands: heavy_ratio 0.01 gives a negative heavy budget",
                                                      "use heavy_ratio >="]),
+    "fused scoring on CPU": (METHOD + ["--backend", "evict", "--scoring", "fused", "--device", "cpu"], {},
+                             ["--scoring fused runs on a CUDA GPU, not on cpu", "use --scoring chunked"]),
     "missing data folder": (METHOD + ["--data_dir", "{root}/nowhere"], {}, ["nowhere does not exist", "data.zip"]),
     "missing dataset file": (METHOD + ["--datasets", "offline_qa"], {}, ["offline_qa.jsonl not found"]),
     "missing _e file": (METHOD + ["--e", "--data_dir", "{root}/bad_json"], {},

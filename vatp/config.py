@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from .methods import METHODS
 
 BACKENDS = ("mask", "evict")
-SCORINGS = ("eager", "chunked")
+SCORINGS = ("eager", "chunked", "fused")
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,10 @@ class VatpConfig:
     sink_len: leading tokens always kept (only with apval, as in the paper).
     backend: "mask" (faithful: pruned tokens masked, cache keeps them) or
         "evict" (pruned tokens removed from the cache; same outputs).
-    scoring: "eager" (L x L probabilities, the paper's way) or "chunked"
-        (SDPA output + column sums in query chunks). None: eager for the mask
-        backend, chunked for evict.
+    scoring: "eager" (L x L probabilities, the paper's way), "chunked"
+        (SDPA output + column sums in query chunks) or "fused" (SDPA output
+        and row log-sum-exp + a Triton column-sum kernel; CUDA, needs triton).
+        None: eager for the mask backend, chunked for evict.
     chunk_size: query rows per chunk for chunked scoring.
     """
 

@@ -23,7 +23,9 @@ class VatpSession:
         self.backend = BACKENDS[config.backend]()
         self.layers: dict[int, LayerState] = {}
         self.cache = None  # the KV cache of the current forward (evict backend)
-        self._prefill = scoring.eager_prefill if config.resolved_scoring == "eager" else self._chunked_prefill
+        scorings = {"eager": lambda: scoring.eager_prefill, "chunked": lambda: self._chunked_prefill,
+                    "fused": _load_fused_prefill}
+        self._prefill = scorings[config.resolved_scoring]()
 
     def reset(self) -> None:
         """Forget the current sample. A new prompt (empty cache) also resets."""
@@ -100,3 +102,13 @@ class VatpSession:
 
     def _chunked_prefill(self, query, key, value, mask, scaling, window):
         return scoring.chunked_prefill(query, key, value, mask, scaling, window, self.config.chunk_size)
+
+
+def _load_fused_prefill():
+    """The Triton scoring, imported only when asked for (triton is optional)."""
+    try:
+        from .fused import fused_prefill
+    except ImportError as err:
+        raise ImportError(f"scoring='fused' needs triton ({err}); pip install triton, "
+                          "or use scoring='chunked'") from err
+    return fused_prefill

@@ -1,0 +1,96 @@
+"""The Triton column-sum kernel equals the chunked torch scoring.
+
+On CPU the kernel runs in Triton's interpreter (TRITON_INTERPRET=1, set
+before triton is imported, so in a child process); on a GPU it runs
+compiled. Both skip when triton is not installed.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import vatp
+from conftest import REPO, VARIANT_IDS, VARIANTS, greedy, tiny_llama
+
+pytest.importorskip("triton")
+
+INTERPRETED = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, "tests")
+    from vatp import scoring
+    from vatp.fused import fused_prefill
+
+    worst = 0.0
+    for heads, kv_heads, length, window, dim in [(4, 4, 100, None, 32), (6, 2, 150, None, 64),
+                                                   (6, 2, 150, 40, 64), (4, 1, 64, 400, 16), (2, 2, 1, None, 16)]:
+        g = torch.Generator().manual_seed(length + heads)
+        q, k, v = (torch.randn(1, h, length, dim, generator=g) for h in (heads, kv_heads, kv_heads))
+        out, sums = fused_prefill(q, k, v, None, dim ** -0.5, window)
+        ref_out, ref_sums = scoring.eager_prefill(q, k, v, None, dim ** -0.5, window)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
+        worst = max(worst, ((sums - ref_sums).abs() / ref_sums.abs().clamp_min(1e-6)).max().item())
+        rows = length if window is None else min(window, length)
+        assert abs(sums.sum().item() - heads * rows) < 1e-3 * heads * rows  # each row's probabilities sum to 1
+
+    import vatp
+    from conftest import VARIANTS, greedy, tiny_llama
+    model = tiny_llama(num_heads=4, num_kv_heads=2)
+    ids = torch.randint(0, 128, (1, 90), generator=torch.Generator().manual_seed(0))
+    for variant in VARIANTS:
+        runs = []
+        for scoring_name in ("chunked", "fused"):
+            with vatp.enabled(model, heavy_ratio=0.2, sink_len=2, backend="evict", scoring=scoring_name, **variant):
+                runs.append(greedy(model, ids, 8))
+        assert runs[0][0] == runs[1][0], variant
+        torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-4)
+    print(f"worst relative difference {worst:.1e}")
+""")
+
+
+def test_kernel_matches_eager_scoring_in_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout.strip())
+
+
+def test_fused_on_cpu_without_the_interpreter_is_refused_clearly():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter runs CPU tensors")
+    model = tiny_llama()
+    with vatp.enabled(model, heavy_ratio=0.2, backend="evict", scoring="fused"):
+        with pytest.raises(ValueError, match="use scoring='chunked' on CPU"):
+            model(torch.randint(0, 128, (1, 20)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("window", [None, 400])
+def test_kernel_matches_chunked_scoring_on_gpu(dtype, window):
+    from vatp import scoring
+    from vatp.fused import fused_prefill
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, h, 3000, 128, generator=g, device="cuda", dtype=dtype) for h in (32, 8, 8))
+    out, sums = fused_prefill(q, k, v, None, 128 ** -0.5, window)
+    ref_out, ref_sums = scoring.chunked_prefill(q, k, v, None, 128 ** -0.5, window)
+    tol = 1e-3 if dtype == torch.float16 else 1e-5
+    torch.testing.assert_close(out, ref_out, rtol=tol, atol=tol)
+    torch.testing.assert_close(sums.float(), ref_sums.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_fused_and_chunked_give_the_same_tokens_on_gpu(variant):
+    model = tiny_llama(num_heads=4, num_kv_heads=2).cuda()
+    ids = torch.randint(0, 128, (1, 300), generator=torch.Generator().manual_seed(0)).cuda()
+    runs = []
+    for scoring_name in ("chunked", "fused"):
+        with vatp.enabled(model, heavy_ratio=0.2, sink_len=2, backend="evict", scoring=scoring_name, **variant):
+            runs.append(greedy(model, ids, 8))
+    assert runs[0][0] == runs[1][0]
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-4)
