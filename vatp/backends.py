@@ -77,7 +77,7 @@ class EvictBackend:
     After the prompt the kept tokens are gathered into a :class:`SlotLayer`,
     in order. From then on each step evicts one token per head and the next
     token is written into its slot, so slots stop being in token order:
-    ``state.slots`` maps each token to its slot, and :meth:`token_order`
+    ``state.slots`` maps each token to its slot, and :meth:`step_order`
     hands the session the step's scores back in token order. Keys are cached
     after RoPE, so a token's position travels with it.
     """
