@@ -10,8 +10,9 @@ and a StreamingLLM-style baseline (sinks + recent) at budgets of 20%, 35% and
 pred.py resumes a run, and one whose result.json is newer than its
 predictions is skipped; ``--report_only`` runs nothing and reports the
 finished points (missing ones are listed). Writes ``OUT/study.md`` (a table per length and
-budget, and VATP's per-task win/tie/loss count against its baseline) and a
-report (``vatp.report``) per length and budget.
+budget, and VATP's per-task win/tie/loss count against its baseline), a
+report (``vatp.report``) per length and budget, and ``OUT/averages.png``
+(average score against budget, per length).
 """
 from __future__ import annotations
 
@@ -79,6 +80,31 @@ def win_loss(scores: dict, tokens: list[int], budgets: list[float]) -> list[str]
     return lines
 
 
+def averages_chart(scores: dict, tokens: list[int], budgets: list[float], path: Path) -> None:
+    """Average score against budget, one panel per context length; the full cache as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tokens), figsize=(5 * len(tokens) + 2, 3.8), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax, n in zip(axes[0], tokens):
+        for name, (label, _) in METHODS.items():
+            pts = [(100 * b, scores[(n, b, name)]["Average"]) for b in budgets if (n, b, name) in scores]
+            family = name.removesuffix("_vatp")  # a method and its VATP variant share a colour
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label,
+                    color={"h2o": "C0", "scissorhands": "C2", "streaming": "C4"}[family],
+                    linestyle="-" if name.endswith("_vatp") else "--" if family != "streaming" else ":")
+        if (n, 1.0, "full") in scores:
+            ax.axhline(scores[(n, 1.0, "full")]["Average"], color="black", linewidth=1, label="Full cache")
+        ax.set_title(f"~{n}-token contexts")
+        ax.set_xlabel("KV budget, % of the prompt")
+    axes[0][0].set_ylabel("average score")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="outside right center")
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="study_out")
@@ -99,6 +125,9 @@ def main(argv=None) -> int:
             run([sys.executable, "-m", "vatp.suite", "--out", str(data), "--samples", str(args.samples),
                  "--tokens", str(n), "--tasks", *TASKS])
         full = predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])
+        if full:
+            full_run = load_run("Full cache", full)
+            scores[(n, 1.0, "full")] = {**full_run.scores, "Average": full_run.average()}
         for b in args.budgets:
             runs = [load_run("Full cache", full)] if full else []
             for name, (label, flags) in METHODS.items():
@@ -120,6 +149,9 @@ def main(argv=None) -> int:
             + "\n".join(sections) + "\n### VATP against its baseline, per task (all lengths and budgets)\n\n"
             + "\n".join(win_loss(scores, args.tokens, args.budgets)) + "\n"
             + ("\nNot run: " + "; ".join(missing) + ".\n" if missing else ""))
+    if scores:
+        averages_chart(scores, args.tokens, args.budgets, out / "averages.png")
+        text = text.replace("\n\n### ", "\n\n![averages](averages.png)\n\n### ", 1)
     (out / "study.md").write_text(text)
     (out / "scores.json").write_text(json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in scores.items()}, indent=1))
     print(text)
