@@ -1,5 +1,7 @@
-"""The study's win/tie/loss count and its averages chart, on made-up scores."""
+"""The study scripts: win/tie/loss count, averages chart (made-up scores), kept-set diagnostic."""
 import importlib.util
+
+import pytest
 
 from conftest import REPO
 
@@ -39,3 +41,35 @@ def test_averages_chart_is_written(tmp_path):
     path = tmp_path / "averages.png"
     study.averages_chart(_scores(study, {1000: 10.0, 1500: 12.0}, {1000: 15.0, 1500: 12.0}), [1000, 1500], [0.5], path)
     assert path.stat().st_size > 10_000
+
+
+def _kept_sets():
+    spec = importlib.util.spec_from_file_location("kept_sets", REPO / "scripts" / "kept_sets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kept_set_comparison_counts_overlap_and_ends():
+    import torch
+
+    kept_sets = _kept_sets()
+    base = torch.tensor([[[False, True, True, False, True, True]]])  # (layers, kv_heads, L)
+    vatp = torch.tensor([[[True, True, False, False, True, True]]])
+    figures = kept_sets.compare(base, vatp, first=2, last=2)
+    assert figures["jaccard"] == pytest.approx(3 / 5)
+    assert (figures["first_base"], figures["first_vatp"]) == (0.5, 1.0)
+    assert (figures["last_base"], figures["last_vatp"]) == (1.0, 1.0)
+
+
+def test_vatp_keeps_its_sinks_after_the_prompt():
+    import torch
+
+    from conftest import tiny_llama
+
+    kept_sets = _kept_sets()
+    ids = torch.randint(0, 128, (1, 80), generator=torch.Generator().manual_seed(0))
+    keep = kept_sets.kept_after_prompt(tiny_llama(), ids, 0.25, h2o=True, apval=True, sink_len=4)
+    assert keep.shape == (2, 4, 80)
+    assert keep[..., :4].all()  # the sinks
+    assert (keep.sum(-1) == 40).all()  # heavy 20 + recent 20 of the 80 prompt tokens
