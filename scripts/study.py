@@ -81,7 +81,7 @@ def win_loss(scores: dict, tokens: list[int], budgets: list[float]) -> list[str]
 
 
 def averages_chart(scores: dict, tokens: list[int], budgets: list[float], path: Path) -> None:
-    """Average score against budget, one panel per context length; the full cache as a dashed line."""
+    """Average score against budget, one panel per context length; the full cache as a black line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,11 +125,11 @@ def main(argv=None) -> int:
             run([sys.executable, "-m", "vatp.suite", "--out", str(data), "--samples", str(args.samples),
                  "--tokens", str(n), "--tasks", *TASKS])
         full = predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])
-        if full:
-            full_run = load_run("Full cache", full)
+        full_run = load_run("Full cache", full) if full else None
+        if full_run:
             scores[(n, 1.0, "full")] = {**full_run.scores, "Average": full_run.average()}
         for b in args.budgets:
-            runs = [load_run("Full cache", full)] if full else []
+            runs = [full_run] if full_run else []
             for name, (label, flags) in METHODS.items():
                 sink = ["--sink_len", str(args.sink_len)] if "--apval" in flags or name == "streaming" else []
                 folder = predict(args, data, out / f"t{n}" / f"{name}_b{b}",
@@ -144,14 +144,14 @@ def main(argv=None) -> int:
             write_report(runs, out / f"report_t{n}_b{b}")
             sections.append(f"### ~{n}-token contexts, {round(100 * b)}% budget\n\n{markdown_table(runs)}\n\n"
                             f"![chart](report_t{n}_b{b}/report.png)\n")
-    text = (f"# Study: {args.model}, {args.samples} samples per task and length, sink_len {args.sink_len}, "
-            f"backend {args.backend}\n\nCommand: `python scripts/study.py {' '.join(argv or sys.argv[1:])}`\n\n"
-            + "\n".join(sections) + "\n### VATP against its baseline, per task (all lengths and budgets)\n\n"
-            + "\n".join(win_loss(scores, args.tokens, args.budgets)) + "\n"
-            + ("\nNot run: " + "; ".join(missing) + ".\n" if missing else ""))
     if scores:
         averages_chart(scores, args.tokens, args.budgets, out / "averages.png")
-        text = text.replace("\n\n### ", "\n\n![averages](averages.png)\n\n### ", 1)
+    text = (f"# Study: {args.model}, {args.samples} samples per task and length, sink_len {args.sink_len}, "
+            f"backend {args.backend}\n\nCommand: `python scripts/study.py {' '.join(argv or sys.argv[1:])}`\n\n"
+            + ("![averages](averages.png)\n\n" if scores else "") + "\n".join(sections)
+            + "\n### VATP against its baseline, per task (all lengths and budgets)\n\n"
+            + "\n".join(win_loss(scores, args.tokens, args.budgets)) + "\n"
+            + ("\nNot run: " + "; ".join(missing) + ".\n" if missing else ""))
     (out / "study.md").write_text(text)
     (out / "scores.json").write_text(json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in scores.items()}, indent=1))
     print(text)

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .scoring import _repeat_kv
+
 BLOCK_M, BLOCK_N = 64, 64  # query rows per inner step, keys per program
 
 
@@ -92,6 +94,5 @@ def fused_prefill(query, key, value, mask, scaling, window: int | None):
     if mask is not None:
         raise ValueError("scoring='fused' scores plain causal prompts (no padding mask); use scoring='chunked'")
     group = query.shape[1] // key.shape[1]
-    wide_key, wide_value = (t.repeat_interleave(group, dim=1) if group > 1 else t for t in (key, value))
-    out, lse = attention_with_lse(query, wide_key, wide_value, scaling)
+    out, lse = attention_with_lse(query, _repeat_kv(key, group), _repeat_kv(value, group), scaling)
     return out.transpose(1, 2), column_sums(query, key, lse, scaling, window).to(query.dtype)
