@@ -36,6 +36,17 @@ INTERPRETED = textwrap.dedent("""
         rows = length if window is None else min(window, length)
         assert abs(sums.sum().item() - heads * rows) < 1e-3 * heads * rows  # each row's probabilities sum to 1
 
+    # float16: logits and probabilities rounded as eager rounds them; the row log-sum-exp is SDPA's,
+    # so a sum may land one float16 ulp from eager's.
+    for heads, kv_heads, length, window, dim in [(4, 4, 100, None, 32), (6, 2, 150, 40, 64), (8, 2, 300, None, 128)]:
+        g = torch.Generator().manual_seed(length)
+        q, k, v = (torch.randn(1, h, length, dim, generator=g).half() for h in (heads, kv_heads, kv_heads))
+        out, sums = fused_prefill(q, k, v, None, dim ** -0.5, window)
+        ref_out, ref_sums = scoring.eager_prefill(q, k, v, None, dim ** -0.5, window)
+        assert sums.dtype == torch.float16
+        torch.testing.assert_close(out, ref_out, rtol=2e-3, atol=2e-3)
+        assert ((sums.float() - ref_sums.float()).abs() <= 2 ** -10 * ref_sums.float().abs()).all()
+
     import vatp
     from conftest import VARIANTS, greedy, tiny_llama
     model = tiny_llama(num_heads=4, num_kv_heads=2)

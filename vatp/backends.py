@@ -22,6 +22,7 @@ class LayerState:
     budget: Budget | None = None
     keep: torch.Tensor | None = None  # (kv_heads, K + 1) mask backend: what the next step attends
     slots: torch.Tensor | None = None  # (kv_heads, K) evict backend: cache slot of each token
+    positions: torch.Tensor | None = None  # (kv_heads, K) evict backend: absolute position of each token
     next_slot: torch.Tensor | None = None  # (kv_heads,) evict backend: where the next token goes; None: appended
     seen: int = 0  # tokens of the sample seen so far (absolute length)
 
@@ -87,11 +88,13 @@ class EvictBackend:
     def apply(self, state: LayerState, keep: torch.Tensor, cache, layer_idx: int) -> None:
         kept = keep[:, :-1]  # (kv_heads, K); the incoming slot is not cached yet
         heads, k = kept.shape
-        slots = state.slots if state.slots is not None else torch.arange(k, device=kept.device).expand(heads, k)
+        in_order = torch.arange(k, device=kept.device).expand(heads, k)
+        slots = state.slots if state.slots is not None else in_order
+        positions = state.positions if state.positions is not None else in_order
         state.next_slot = None
         evicted = k - kept_count(k, state.budget)  # the same for every head; known without a device sync
         if evicted == 0:
-            state.slots = slots
+            state.slots, state.positions = slots, positions
             return
         if cache is None:
             raise RuntimeError("evict backend: no KV cache was captured for this forward; pass use_cache=True")
@@ -106,6 +109,7 @@ class EvictBackend:
         state.scores = state.scores.gather(1, index)
         state.value_norms = state.value_norms.gather(1, index)
         state.slots = slots.gather(1, index)
+        state.positions = positions.gather(1, index)
         if step:
             state.next_slot = layer.free = slots.gather(1, dropped).squeeze(1)
             return
@@ -120,12 +124,14 @@ class EvictBackend:
     def step_order(self, state: LayerState, kv_len: int) -> torch.Tensor:
         """(kv_heads, kv_len) the cache slot of each token this step attended, oldest first.
 
-        Also records it as ``state.slots``, the order :meth:`apply` decides in.
+        Also records it as ``state.slots``, the order :meth:`apply` decides in,
+        and the new token's position (``state.seen``) in ``state.positions``.
         """
         heads = state.slots.shape[0]
         new = (state.next_slot if state.next_slot is not None
                else torch.full((heads,), kv_len - 1, device=state.slots.device))
         state.slots = torch.cat([state.slots, new[:, None]], dim=1)
+        state.positions = torch.cat([state.positions, torch.full_like(new[:, None], state.seen)], dim=1)
         return state.slots
 
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import torch
+
 from .methods import METHODS
 
 BACKENDS = ("mask", "evict")
 SCORINGS = ("eager", "chunked", "fused")
+SCORE_DTYPES = ("model", "float32")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,10 @@ class VatpConfig:
         and row log-sum-exp + a Triton column-sum kernel; CUDA, needs triton).
         None: eager for the mask backend, chunked for evict.
     chunk_size: query rows per chunk for chunked scoring.
+    score_dtype: "model" (the paper's arithmetic: probabilities rounded to
+        the model dtype before they are summed, scores accumulated in it) or
+        "float32". None: "model", except float32 for bfloat16 models, where
+        a decode step's increment of ~1/L vanishes (1.0 + 2.5e-4 == 1.0).
     """
 
     heavy_ratio: float = 0.1
@@ -34,6 +41,7 @@ class VatpConfig:
     backend: str = "mask"
     scoring: str | None = None
     chunk_size: int = 512
+    score_dtype: str | None = None
 
     def __post_init__(self):
         if not 0.0 < self.heavy_ratio <= 1.0:
@@ -46,6 +54,8 @@ class VatpConfig:
             raise ValueError(f"unknown backend {self.backend!r}; choose one of {BACKENDS}")
         if self.scoring is not None and self.scoring not in SCORINGS:
             raise ValueError(f"unknown scoring {self.scoring!r}; choose one of {SCORINGS}")
+        if self.score_dtype is not None and self.score_dtype not in SCORE_DTYPES:
+            raise ValueError(f"unknown score_dtype {self.score_dtype!r}; choose one of {SCORE_DTYPES}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
@@ -58,6 +68,11 @@ class VatpConfig:
     @property
     def resolved_scoring(self) -> str:
         return self.scoring or ("eager" if self.backend == "mask" else "chunked")
+
+    def resolved_score_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        """The dtype scores are computed and accumulated in, for a model of ``model_dtype``."""
+        name = self.score_dtype or ("float32" if model_dtype == torch.bfloat16 else "model")
+        return model_dtype if name == "model" else torch.float32
 
     @property
     def forces_sinks(self) -> bool:

@@ -4,12 +4,19 @@ Two ways to score a prompt, same result up to float rounding:
 
 * :func:`eager_prefill` materialises the (heads, L, L) probabilities, as the
   paper's code does. It is the faithful reference.
-* :func:`chunked_prefill` takes the attention output from SDPA (flash or
-  memory-efficient kernels) and rebuilds the column sums of the softmax in
-  query chunks, so peak extra memory is O(heads x chunk x L), not O(L^2).
+* :func:`chunked_prefill` computes the same in chunks of query rows, so
+  peak extra memory is O(heads x chunk x L), not O(L^2).
 
 :func:`decode_step` attends one new query, optionally under a keep mask.
 Shapes: query (1, heads, q, d); key, value (1, kv_heads, kv_len, d).
+
+``score_dtype`` is the arithmetic of the scores. The paper's code (float16)
+computes logits in the model dtype, the softmax in float32, rounds the
+probabilities back to the model dtype and sums those: ``score_dtype`` equal
+to the model dtype reproduces that rounding (bit for bit when the scored
+queries fit in one chunk). ``torch.float32`` keeps the unrounded
+probabilities instead (for bfloat16 models, whose 8-bit mantissa loses the
+decode steps' small increments).
 """
 from __future__ import annotations
 
@@ -20,6 +27,15 @@ import torch.nn.functional as F
 def _repeat_kv(x: torch.Tensor, group: int) -> torch.Tensor:
     """(1, kv_heads, n, d) -> (1, heads, n, d), transformers' GQA layout."""
     return x if group == 1 else x.repeat_interleave(group, dim=1)
+
+
+def scaled_logits(query, key_t, scaling) -> torch.Tensor:
+    """q @ k^T / sqrt(head_dim) in the model dtype, divided as the paper's code divides.
+
+    ``x / sqrt(d)`` and ``x * d**-0.5`` round differently (0.1% of float16
+    logits differ at d = 128), so the division is kept.
+    """
+    return torch.matmul(query, key_t) / (1 / scaling)
 
 
 def _causal_allowed(q_len: int, kv_len: int, device, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -37,78 +53,90 @@ def _allowed(mask: torch.Tensor | None, q_len: int, kv_len: int, device, start=0
     return mask if mask.dtype == torch.bool else mask == 0
 
 
-def eager_prefill(query, key, value, mask, scaling, window: int | None):
+def eager_prefill(query, key, value, mask, scaling, window: int | None, score_dtype=None):
     """Full attention with explicit probabilities, as the paper's code computes them.
 
     Returns the output (1, q, heads, d) and the column sums of the
-    probabilities over the last ``window`` queries (all if None): (heads, kv_len),
-    in the model dtype (softmax in float32, cast back, then summed, as the paper).
+    probabilities over the last ``window`` queries (all if None): (heads, kv_len)
+    in ``score_dtype`` (default: the model dtype, the paper's arithmetic).
     """
     group = query.shape[1] // key.shape[1]
     q_len, kv_len = query.shape[2], key.shape[2]
-    logits = torch.matmul(query, _repeat_kv(key, group).transpose(2, 3)) * scaling
+    logits = scaled_logits(query, _repeat_kv(key, group).transpose(2, 3), scaling)
     logits = logits.masked_fill(~_allowed(mask, q_len, kv_len, query.device), torch.finfo(logits.dtype).min)
-    probs = F.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)  # (1, heads, q, kv)
+    exact = F.softmax(logits, dim=-1, dtype=torch.float32)
+    del logits
+    probs = exact.to(query.dtype)  # (1, heads, q, kv), what the model attends with
+    scored = probs if score_dtype in (None, query.dtype) else exact.to(score_dtype)
+    del exact
     out = torch.matmul(probs, _repeat_kv(value, group)).transpose(1, 2)
-    rows = probs[0] if window is None else probs[0, :, max(q_len - window, 0):]
+    rows = scored[0] if window is None else scored[0, :, max(q_len - window, 0):]
     return out, rows.sum(dim=1)
 
 
-def attention_column_sums(query, key, mask, scaling, window: int | None, chunk: int = 512) -> torch.Tensor:
-    """Softmax probabilities summed over the last ``window`` queries, without the L x L matrix.
+def _row_chunks(q_len: int, start: int, chunk: int) -> list[tuple[int, int]]:
+    """Query-row chunks of at most ``chunk`` rows, one of them starting at the first scored row ``start``.
 
-    query (1, heads, q, d), key (1, kv_heads, kv, d) -> (heads, kv) float32.
-    Each chunk of query rows holds whole rows of logits, so its softmax is
-    exact; only (heads, chunk, kv) is alive at a time. Under a plain causal
-    mask (``mask`` None) a chunk skips the keys after its last query, which
-    would get probability 0: half the work of a prompt.
+    Scored rows then fall in as few chunks as possible (one when a window or
+    the prompt fits a chunk), so their sum is eager's sum bit for bit.
+    """
+    before = [(max(hi - chunk, 0), hi) for hi in range(start, 0, -chunk)][::-1]
+    return before + [(lo, min(lo + chunk, q_len)) for lo in range(start, q_len, chunk)]
+
+
+def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk: int = 512, score_dtype=None):
+    """:func:`eager_prefill` computed in chunks of query rows: same contract, same arithmetic.
+
+    Each chunk holds whole rows of logits, so its softmax, its rounding to the
+    model dtype and its output are eager's; the scored rows' column sums are
+    added across chunks in float32. Only (heads, chunk, kv) is alive at a time,
+    not the L x L matrix. Under a plain causal mask (``mask`` None) a chunk
+    skips the keys after its last query, which get probability 0: half the
+    work of a prompt.
     """
     heads, q_len, d = query.shape[1:]
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = heads // kv_heads
+    score_dtype = score_dtype or query.dtype
     start = 0 if window is None else max(q_len - window, 0)
-    keys_t = key[0].transpose(1, 2)  # (kv_heads, d, kv)
+    keys_t, values = key[0].transpose(1, 2), value[0]  # (kv_heads, d, kv), (kv_heads, kv, d)
+    out = torch.empty(kv_heads, group, q_len, d, dtype=query.dtype, device=query.device)
     sums = torch.zeros(heads, kv_len, dtype=torch.float32, device=query.device)
-    for lo in range(start, q_len, chunk):
-        hi = min(lo + chunk, q_len)
+    for lo, hi in _row_chunks(q_len, start, chunk):
+        rows = hi - lo
         # (kv_heads, group * rows, d) @ (kv_heads, d, kv): grouped heads share one key read.
-        q = query[0, :, lo:hi].reshape(kv_heads, group * (hi - lo), d)
+        q = query[0, :, lo:hi].reshape(kv_heads, group * rows, d)
         seen = kv_len if mask is not None else kv_len - q_len + hi  # keys any of these rows may see
-        logits = torch.matmul(q, keys_t[:, :, :seen]).view(heads, hi - lo, seen).float().mul_(scaling)
+        logits = scaled_logits(q, keys_t[:, :, :seen], scaling).view(heads, rows, seen)
         allowed = _allowed(mask, q_len, kv_len, query.device, lo, hi)[0, :, :, :seen]
-        logits.masked_fill_(~allowed, float("-inf"))
-        # Softmax in place (one float32 buffer alive): p = exp(logit - logsumexp of the row).
-        sums[:, :seen] += logits.sub_(logits.logsumexp(dim=-1, keepdim=True)).exp_().sum(dim=1)
-    return sums
+        logits.masked_fill_(~allowed, torch.finfo(logits.dtype).min)
+        exact = F.softmax(logits, dim=-1, dtype=torch.float32)
+        del logits
+        probs = exact.to(query.dtype)
+        out[:, :, lo:hi] = torch.matmul(probs.view(kv_heads, group * rows, seen), values[:, :seen]).view(
+            kv_heads, group, rows, d)
+        if hi > start:
+            scored = probs if score_dtype == query.dtype else exact.to(score_dtype)
+            sums[:, :seen] += scored[:, max(start - lo, 0):].sum(dim=1, dtype=torch.float32)
+    return out.view(heads, q_len, d).transpose(0, 1)[None], sums.to(score_dtype)
 
 
-def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk: int = 512):
-    """SDPA output plus :func:`attention_column_sums`: same contract as :func:`eager_prefill`."""
-    group = query.shape[1] // key.shape[1]
-    sdpa_mask = None if mask is None else _allowed(mask, query.shape[2], key.shape[2], query.device)
-    out = F.scaled_dot_product_attention(
-        query, _repeat_kv(key, group), _repeat_kv(value, group),
-        attn_mask=sdpa_mask, is_causal=mask is None, scale=scaling,
-    ).transpose(1, 2)
-    sums = attention_column_sums(query, key, mask, scaling, window, chunk)
-    return out, sums.to(query.dtype)
-
-
-def decode_step(query, key, value, keep: torch.Tensor | None, scaling):
+def decode_step(query, key, value, keep: torch.Tensor | None, scaling, score_dtype=None):
     """Attention of one new query; ``keep`` (kv_heads, kv_len) bool masks pruned keys.
 
     Pruned logits get the dtype's minimum before the softmax, so their
     probability is exactly 0 (the paper's ``w*m + (1-m)*min``). The query
     heads of a GQA group attend their shared KV head in one batched matmul,
     without copying the cache per query head.
-    Returns the output (1, 1, heads, d) and the probabilities (heads, kv_len).
+    Returns the output (1, 1, heads, d) and the probabilities (heads, kv_len)
+    in ``score_dtype`` (default: the model dtype).
     """
     heads, d = query.shape[1], query.shape[3]
     kv_heads, kv_len = key.shape[1], key.shape[2]
     q = query[0, :, 0].view(kv_heads, heads // kv_heads, d)  # (kv_heads, group, d)
-    logits = torch.matmul(q, key[0].transpose(1, 2)) * scaling  # (kv_heads, group, kv)
+    logits = scaled_logits(q, key[0].transpose(1, 2), scaling)  # (kv_heads, group, kv)
     if keep is not None:
         logits = logits.masked_fill(~keep[:, None, :], torch.finfo(logits.dtype).min)
-    probs = F.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(probs, value[0])  # (kv_heads, group, d)
-    return out.reshape(1, 1, heads, d), probs.reshape(heads, kv_len)
+    exact = F.softmax(logits, dim=-1, dtype=torch.float32)
+    out = torch.matmul(exact.to(query.dtype), value[0])  # (kv_heads, group, d)
+    return out.reshape(1, 1, heads, d), exact.to(score_dtype or query.dtype).reshape(heads, kv_len)

@@ -63,11 +63,12 @@ class VatpSession:
         if budget.recent == 0 and layer_idx == 0:
             warnings.warn(f"heavy_ratio {self.config.heavy_ratio} gives a recent budget of 0 for a "
                           f"{prompt_len}-token prompt: nothing is pruned (as in the paper's code)", stacklevel=2)
-        out, sums = self._prefill(query, key, value, mask, scaling, self.method.query_window)
+        score_dtype = self.config.resolved_score_dtype(query.dtype)
+        out, sums = self._prefill(query, key, value, mask, scaling, self.method.query_window, score_dtype)
         scores = policy.group_to_kv_heads(sums, kv_heads)  # (kv_heads, L)
         if self.method.score_divisor != 1.0:
             scores = scores / self.method.score_divisor
-        norms = policy.value_l1_norm(value[0])  # (kv_heads, L)
+        norms = policy.value_l1_norm(value[0].to(score_dtype))  # (kv_heads, L)
         if self.config.apval:
             scores = scores * norms
         if self.config.forces_sinks:
@@ -79,7 +80,7 @@ class VatpSession:
 
     def _attend_step(self, layer_idx, state, query, key, value, scaling):
         keep = self.backend.step_mask(state)
-        out, probs = scoring.decode_step(query, key, value, keep, scaling)
+        out, probs = scoring.decode_step(query, key, value, keep, scaling, state.scores.dtype)
         step = policy.group_to_kv_heads(probs, key.shape[1])  # (kv_heads, kv_len), in cache order
         order = self.backend.step_order(state, key.shape[2])  # evict: slots are not in token order
         if order is None:
@@ -87,7 +88,8 @@ class VatpSession:
         else:
             step = step.gather(1, order)
             new_value = value[0].gather(1, order[:, -1:, None].expand(-1, -1, value.shape[-1]))
-        state.value_norms = torch.cat([state.value_norms, policy.value_l1_norm(new_value)], dim=1)
+        new_norm = policy.value_l1_norm(new_value.to(state.scores.dtype))
+        state.value_norms = torch.cat([state.value_norms, new_norm], dim=1)
         if self.config.apval:
             step = step * state.value_norms
         state.scores = policy.accumulate(state.scores, step)
@@ -100,8 +102,8 @@ class VatpSession:
         state.scores = policy.drop_pruned(state.scores, keep)
         self.backend.apply(state, keep, self.cache, layer_idx)
 
-    def _chunked_prefill(self, query, key, value, mask, scaling, window):
-        return scoring.chunked_prefill(query, key, value, mask, scaling, window, self.config.chunk_size)
+    def _chunked_prefill(self, query, key, value, mask, scaling, window, score_dtype):
+        return scoring.chunked_prefill(query, key, value, mask, scaling, window, self.config.chunk_size, score_dtype)
 
 
 def _load_fused_prefill():
