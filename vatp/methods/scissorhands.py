@@ -6,8 +6,6 @@ scores a key by the attention of the last 400 prompt queries divided by 400
 (even when the prompt is shorter), keeps 10 recent tokens, and gives the
 rest of a 2 * int(ratio * L) budget to heavy hitters.
 """
-import math
-
 from ..policy import Budget
 from .base import Method
 
@@ -22,7 +20,3 @@ class Scissorhands(Method):
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         return Budget(heavy=int(ratio * prompt_len) * 2 - RECENT, recent=RECENT)
-
-    def min_ratio(self, prompt_len: int) -> float:
-        # int(r * L) * 2 >= RECENT  <=>  r * L >= RECENT / 2
-        return math.ceil(RECENT / 2) / prompt_len
