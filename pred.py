@@ -201,7 +201,7 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
             with torch.no_grad():
                 output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                         **longbench.generation_kwargs(tokenizer, name, max_new, input_ids.shape[1]))
-            pred = tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
+            pred = longbench.decode(tokenizer, output[0, input_ids.shape[1]:])
             writer.write(runio.prediction_record(longbench.post_process(pred, args.model), samples[i], i, ids[i]))
             new += 1
     state.wait_for_everyone()

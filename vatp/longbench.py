@@ -173,7 +173,22 @@ def truncate_middle(tokenizer, prompt: str, max_length: int) -> str:
     if len(ids) <= max_length:
         return prompt
     half = int(max_length / 2)
-    return tokenizer.decode(ids[:half], skip_special_tokens=True) + tokenizer.decode(ids[-half:], skip_special_tokens=True)
+    return decode(tokenizer, ids[:half]) + decode(tokenizer, ids[-half:])
+
+
+def decode(tokenizer, ids) -> str:
+    """LongBench's ``tokenizer.decode(ids, skip_special_tokens=True)``, the same text without transformers' warning.
+
+    Transformers 5 skips ``clean_up_tokenization_spaces`` for BPE models (unless forced) and, when the tokenizer's
+    setting asks for it, logs "Ignoring clean_up_tokenization_spaces=True for BPE tokenizer" on the first decode.
+    Passing the clean-up that transformers would really apply keeps the text and the progress bar clean.
+    """
+    cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if cleanup and type(model).__name__ == "BPE" and not getattr(
+            tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False):
+        cleanup = False  # what transformers does anyway
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=cleanup)
 
 
 def encode_prompt(tokenizer, sample: dict, dataset: str, prompt_format: str, model_name: str, max_length: int):
