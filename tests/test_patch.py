@@ -22,7 +22,7 @@ def test_disable_leaves_no_trace():
     assert model.config._attn_implementation == before_impl
     assert not any(hasattr(m, "_vatp_session") for m in model.modules())
     assert vatp.session_of(model) is None
-    assert not model.get_decoder()._forward_pre_hooks
+    assert not model.get_decoder()._forward_pre_hooks and not model.get_decoder()._forward_hooks
     tokens, logits = greedy(model, ids)
     assert tokens == before_tokens
     assert torch.equal(logits, before_logits)
@@ -36,7 +36,7 @@ def test_enabling_twice_replaces_the_settings():
     vatp.enable(model, heavy_ratio=0.25, h2o=False, backend="evict")
     session = vatp.session_of(model)
     assert (session.config.method, session.config.heavy_ratio, session.config.backend) == ("scissorhands", 0.25, "evict")
-    assert len(model.get_decoder()._forward_pre_hooks) == 1
+    assert len(model.get_decoder()._forward_pre_hooks) == len(model.get_decoder()._forward_hooks) == 1
     twice = greedy(model, ids)
     vatp.disable(model)
     with vatp.enabled(model, heavy_ratio=0.25, h2o=False, backend="evict"):
@@ -62,12 +62,12 @@ def test_a_new_sample_starts_from_a_clean_state(backend):
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("backend", ["mask", "evict"])
 def test_full_budget_equals_full_attention(variant, backend):
-    # heavy_ratio 1 with H2O: heavy + recent = 2L never fills, so nothing is ever pruned.
+    # heavy_ratio 1: a 2L budget (H2O: L + L; Scissorhands: 2L - 10 + 10) never fills, so nothing is pruned.
     model = tiny_llama(num_heads=6, num_kv_heads=2, hidden=96)
     model.set_attn_implementation("eager")
     ids = _prompt(64)
     full_tokens, full_logits = greedy(model, ids)
-    with vatp.enabled(model, heavy_ratio=1.0, backend=backend, **{**variant, "h2o": True}):
+    with vatp.enabled(model, heavy_ratio=1.0, backend=backend, **variant):
         tokens, logits = greedy(model, ids)
     assert tokens == full_tokens
     torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-5)

@@ -15,6 +15,7 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from . import support
 from .config import VatpConfig
 from .session import VatpSession
 
@@ -23,11 +24,16 @@ _SESSION_ATTR = "_vatp_session"
 _STATE_ATTR = "_vatp_patch"
 
 
-def vatp_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers attention-interface entry point: delegate to the module's session."""
+def vatp_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                           sliding_window=None, **kwargs):
+    """transformers attention-interface entry point: delegate to the module's session.
+
+    Keywords vatp does not implement (softcap, s_aux, ...) are refused, not dropped.
+    """
+    support.check_attention_arguments(module.layer_idx, dropout, kwargs)
     session: VatpSession = getattr(module, _SESSION_ATTR)
     scaling = module.head_dim ** -0.5 if scaling is None else scaling
-    return session.attend(module.layer_idx, query, key, value, attention_mask, scaling)
+    return session.attend(module.layer_idx, query, key, value, attention_mask, scaling, sliding_window)
 
 
 # The mask function decides what `attention_mask` the model hands us: SDPA's
@@ -61,10 +67,11 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
     for module in modules:
         setattr(module, _SESSION_ATTR, session)
     model.set_attn_implementation(ATTN_NAME)
-    hooks = []
-    if config.backend == "evict":
-        decoder = model.get_decoder()
-        hooks.append(decoder.register_forward_pre_hook(_capture_cache(session, decoder), with_kwargs=True))
+    decoder = model.get_decoder()
+    layers = [module.layer_idx for module in modules]
+    hooks = [decoder.register_forward_pre_hook(_before_forward(session, decoder), with_kwargs=True),
+             decoder.register_forward_hook(lambda *_: support.check_every_layer(
+                 {i: state.seen for i, state in session.layers.items()}, layers))]
     setattr(model, _STATE_ATTR, (session, previous, hooks, modules))
     return session
 
@@ -100,14 +107,21 @@ def enabled(model, config: VatpConfig | None = None, **settings):
         disable(model)
 
 
-def _capture_cache(session: VatpSession, decoder):
-    """Pre-hook for the evict backend: remember the forward's cache so layers can compact it.
+def _before_forward(session: VatpSession, decoder):
+    """Decoder pre-hook: refuse a padded prompt; for the evict backend, remember the forward's cache.
 
-    If the caller passed none, create one (the model would create its own
-    otherwise, out of our reach). Without explicit positions the model would
-    derive them from the (shrunken) cache length, so supply the true ones.
+    The evict backend compacts the cache in place. If the caller passed none,
+    create one (the model would create its own otherwise, out of our reach).
+    Without explicit positions the model would derive them from the (shrunken)
+    cache length, so supply the true ones.
     """
     def hook(module, args, kwargs):
+        inputs = kwargs.get("input_ids")
+        inputs = inputs if inputs is not None else kwargs["inputs_embeds"]
+        if inputs.shape[1] > 1:  # a prompt; decode steps only append ones to the mask (no host sync there)
+            support.check_unpadded(kwargs.get("attention_mask"))
+        if session.config.backend != "evict":
+            return args, kwargs
         cache = kwargs.get("past_key_values")
         if cache is None and kwargs.get("use_cache", True) is not False:
             cache = kwargs["past_key_values"] = DynamicCache(config=decoder.config)
@@ -115,10 +129,7 @@ def _capture_cache(session: VatpSession, decoder):
         if kwargs.get("position_ids") is None:
             fresh = cache is None or cache.get_seq_length() == 0
             past = 0 if fresh else session.seen_tokens()
-            ids = kwargs.get("input_ids")
-            n = (ids if ids is not None else kwargs["inputs_embeds"]).shape[1]
-            device = (ids if ids is not None else kwargs["inputs_embeds"]).device
-            kwargs["position_ids"] = (torch.arange(n, device=device) + past)[None]
+            kwargs["position_ids"] = (torch.arange(inputs.shape[1], device=inputs.device) + past)[None]
         return args, kwargs
 
     return hook

@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from . import policy, scoring
+from . import policy, scoring, support
 from .backends import BACKENDS, LayerState
 from .config import VatpConfig
 from .methods import METHODS
@@ -42,12 +42,16 @@ class VatpSession:
         return self.layers[0].seen if 0 in self.layers else 0
 
     # -- the attention call ---------------------------------------------------
-    def attend(self, layer_idx: int, query, key, value, mask, scaling):
-        """query (1, heads, q, d); key, value (1, kv_heads, kv, d) -> ((1, q, heads, d), None)."""
+    def attend(self, layer_idx: int, query, key, value, mask, scaling, sliding_window: int | None = None):
+        """query (1, heads, q, d); key, value (1, kv_heads, kv, d) -> ((1, q, heads, d), None).
+
+        A layer's ``sliding_window`` is refused once the sequence outgrows it.
+        """
         if query.shape[0] != 1:
             raise ValueError(f"vatp supports batch size 1 (as the paper's code), got {query.shape[0]}")
         q_len, kv_len = query.shape[2], key.shape[2]
         if q_len == kv_len:  # empty cache before this call: a new sample
+            support.check_window(layer_idx, sliding_window, kv_len)
             return self._attend_prompt(layer_idx, query, key, value, mask, scaling)
         state = self.layers.get(layer_idx)
         if state is None or q_len != 1:
@@ -55,6 +59,7 @@ class VatpSession:
                 "vatp prunes a cache it filled itself: run the whole prompt in one forward, "
                 f"then one token per step (got {q_len} new tokens on a cache of {kv_len - q_len})"
             )
+        support.check_window(layer_idx, sliding_window, state.seen + 1)
         return self._attend_step(layer_idx, state, query, key, value, scaling)
 
     def _attend_prompt(self, layer_idx, query, key, value, mask, scaling):

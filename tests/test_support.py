@@ -1,0 +1,129 @@
+"""What vatp does not implement is refused before a token is generated; score precision is a setting.
+
+Each refusal runs on a tiny model of the architecture that has the feature
+(Mistral's sliding window, Gemma-2's softcapping, gpt-oss's learned sinks),
+and each accepted case is checked against the model's own attention.
+"""
+import copy
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import vatp
+from conftest import greedy, tiny_llama
+from vatp.support import UnsupportedError, check_attention_arguments, sliding_window
+
+
+def _prompt(n, seed=1, vocab=128):
+    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _tiny(model_type, **extra):
+    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  bos_token_id=None, eos_token_id=None, pad_token_id=None, **extra)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_padding_is_refused_before_generating(backend):
+    model = tiny_llama()
+    ids = _prompt(30)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    with vatp.enabled(model, heavy_ratio=0.25, backend=backend):
+        with pytest.raises(UnsupportedError, match=r"padding.*attention_mask=torch.ones_like\(input_ids\)"):
+            model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_a_sliding_window_shorter_than_the_prompt_is_refused(backend):
+    model = _tiny("mistral", sliding_window=16)
+    with vatp.enabled(model, heavy_ratio=0.25, backend=backend):
+        with pytest.raises(UnsupportedError, match="sliding window of 16 tokens, shorter than this sequence "
+                                                   r"\(40 tokens\).*keep prompt \+ generated tokens <= 16"):
+            greedy(model, _prompt(40), 4)
+
+
+def test_a_sliding_window_outgrown_while_generating_is_refused_at_that_step():
+    model = _tiny("mistral", sliding_window=42)
+    with vatp.enabled(model, heavy_ratio=0.25), pytest.raises(UnsupportedError, match=r"\(43 tokens\)"):
+        greedy(model, _prompt(40), 6)
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_a_sliding_window_the_sequence_fits_is_full_attention(backend):
+    """Window >= prompt + generated tokens: with nothing pruned, vatp equals the model's own attention."""
+    model = _tiny("mistral", sliding_window=64)
+    ids = _prompt(40)
+    assert sliding_window(model.config) == 64
+    full = greedy(model, ids, 12)
+    with vatp.enabled(model, heavy_ratio=1.0, backend=backend):
+        pruned = greedy(model, ids, 12)
+    assert pruned[0] == full[0]
+    torch.testing.assert_close(pruned[1], full[1], rtol=1e-5, atol=1e-5)
+
+
+def test_softcapping_is_refused():
+    model = _tiny("gemma2", attn_logit_softcapping=50.0, final_logit_softcapping=None)
+    with vatp.enabled(model, heavy_ratio=0.25), pytest.raises(UnsupportedError, match="softcap=50.0"):
+        greedy(model, _prompt(30), 2)
+
+
+def test_learned_attention_sinks_are_refused():
+    model = _tiny("gpt_oss", num_local_experts=2, num_experts_per_tok=1)
+    with vatp.enabled(model, heavy_ratio=0.25), pytest.raises(UnsupportedError, match=r"s_aux"):
+        greedy(model, _prompt(30), 2)
+
+
+def test_unknown_attention_arguments_and_dropout_are_refused():
+    check_attention_arguments(0, 0.0, {"position_ids": torch.arange(3), "use_cache": True, "softcap": None})
+    with pytest.raises(UnsupportedError, match=r"attention argument alibi=<tensor of shape \(4, 3\)>"):
+        check_attention_arguments(0, 0.0, {"alibi": torch.zeros(4, 3)})
+    model = tiny_llama().train()
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    with vatp.enabled(model, heavy_ratio=0.25), pytest.raises(UnsupportedError, match="model.eval()"):
+        model(_prompt(20))
+
+
+def test_a_layer_that_bypasses_vatp_is_refused_after_the_first_forward():
+    model = tiny_llama(layers=3)
+    attention = model.model.layers[1].self_attn
+    attention.config = copy.deepcopy(model.config)  # this layer keeps SDPA whatever the model is set to
+    with vatp.enabled(model, heavy_ratio=0.25), pytest.raises(UnsupportedError, match=r"layer\(s\) \[1\]"):
+        greedy(model, _prompt(30), 2)
+
+
+def _decode_gain(model, score_dtype, length=1000, steps=20):
+    """What ``steps`` decode steps added to layer 0's accumulated scores, per step and KV head, and their dtype.
+
+    Nothing is pruned (H2O at ratio 1) and each step's probabilities sum to 1 per head: exactly 1 is right.
+    """
+    with vatp.enabled(model, heavy_ratio=1.0, h2o=True, score_dtype=score_dtype) as session, torch.no_grad():
+        out = model(_prompt(length))
+        before = session.layers[0].scores.double().sum(dim=1)
+        for _ in range(steps):
+            out = model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values)
+        scores = session.layers[0].scores
+    return (scores.double().sum(dim=1) - before) / steps, scores.dtype
+
+
+def test_bfloat16_scores_lose_the_decode_increments_unless_kept_in_float32():
+    model = tiny_llama(num_heads=4, num_kv_heads=2).to(torch.bfloat16)
+    rounded, dtype = _decode_gain(model, "model")
+    assert dtype == torch.bfloat16
+    assert (rounded < 0.9).all()  # ~1/1000 increments vanish into larger scores (8-bit mantissa): 17-21% here
+    exact, dtype = _decode_gain(model, "float32")
+    assert dtype == torch.float32
+    torch.testing.assert_close(exact, torch.ones_like(exact), rtol=0, atol=1e-4)
+    default, dtype = _decode_gain(model, None)
+    assert dtype == torch.float32 and torch.equal(default, exact)  # the default for bfloat16 models
+
+
+def test_float16_scores_default_to_the_model_dtype():
+    model = tiny_llama(num_heads=4, num_kv_heads=2).half()
+    _, dtype = _decode_gain(model, None, length=50, steps=2)
+    assert dtype == torch.float16
