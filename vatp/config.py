@@ -69,10 +69,17 @@ class VatpConfig:
     def resolved_scoring(self) -> str:
         return self.scoring or ("eager" if self.backend == "mask" else "chunked")
 
+    def budget(self, prompt_len: int):
+        """The :class:`~vatp.policy.Budget` for a prompt of this length, or a BudgetError that says how to fix it."""
+        return METHODS[self.method].checked_budget(prompt_len, self.heavy_ratio, self.sink_len, self.forces_sinks)
+
+    def score_dtype_name(self, model_dtype: torch.dtype) -> str:
+        """``score_dtype`` for a model of ``model_dtype``: "model", or "float32" (the default for bfloat16)."""
+        return self.score_dtype or ("float32" if model_dtype == torch.bfloat16 else "model")
+
     def resolved_score_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         """The dtype scores are computed and accumulated in, for a model of ``model_dtype``."""
-        name = self.score_dtype or ("float32" if model_dtype == torch.bfloat16 else "model")
-        return model_dtype if name == "model" else torch.float32
+        return model_dtype if self.score_dtype_name(model_dtype) == "model" else torch.float32
 
     @property
     def forces_sinks(self) -> bool:

@@ -72,18 +72,44 @@ def resolve_model(name: str, folder: Path | None = None) -> tuple[str, int]:
     return path, int(limits[name])
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, trust_remote_code: bool = False):
     """The tokenizer of a model path (hub id, folder or ``embedded:<package>``), without the weights."""
     from transformers import AutoTokenizer
 
+    return _load(AutoTokenizer, path, trust_remote_code, "the tokenizer")
+
+
+def load_model_config(path: str, trust_remote_code: bool = False):
+    """The transformers config of a model path, without the weights."""
+    from transformers import AutoConfig
+
+    return _load(AutoConfig, path, trust_remote_code, "the config")
+
+
+def _load(auto, path: str, trust_remote_code: bool, what: str):
     from .models import ModelLoadError, local_source
 
     try:
-        return AutoTokenizer.from_pretrained(local_source(path))
+        return auto.from_pretrained(local_source(path), trust_remote_code=trust_remote_code)
     except ModelLoadError as err:
         raise UsageError(str(err)) from None
     except (OSError, ValueError) as err:
-        raise UsageError(f"could not load the tokenizer of {path!r}: {err}") from None
+        if not trust_remote_code and "trust_remote_code" in str(err):
+            raise UsageError(f"{path!r} needs code from its own repository to load (the paper's code trusts it "
+                             "silently); pass --trust_remote_code if you trust that repository") from None
+        raise UsageError(f"could not load {what} of {path!r}: {err}") from None
+
+
+# The paper runs these models in float16 (its pred.py calls model.half()).
+PAPER_FLOAT16 = ("llama2", "vicuna", "longchat")
+
+
+def default_dtype(model_name: str, model_config) -> str:
+    """float16 for the paper's models, as the paper; otherwise the checkpoint's own dtype (float32 if none)."""
+    if any(key in model_name for key in PAPER_FLOAT16):
+        return "float16"
+    name = str(getattr(model_config, "dtype", None) or "").removeprefix("torch.")
+    return name if name in DTYPE_NAMES else "float32"
 
 
 def seed_everything(seed: int = SEED) -> None:

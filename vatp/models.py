@@ -82,16 +82,20 @@ def local_source(path: str) -> str:
     return path
 
 
-def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", device_map: str | None = None):
-    """Load a causal LM and its tokenizer from a hub id, a folder, or ``embedded:<package>``."""
+def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", device_map: str | None = None,
+                             trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer from a hub id, a folder, or ``embedded:<package>``.
+
+    ``trust_remote_code`` runs code the model's repository ships; without it such a model is refused.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = local_source(path)
-    kwargs = {"dtype": DTYPES[dtype]}
+    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if device_map:
         kwargs["device_map"] = device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model from {path!r}: {err}") from err

@@ -16,7 +16,7 @@ a session that was killed. ``count`` is the number of predictions in the final f
 
 Settings that do not change a prediction (``UNCOMPARED``: device and device map,
 limit, where data and predictions live, which datasets, overwrite, number of
-processes) are stored but not compared: a rerun with a larger ``--limit``, on other
+processes, trusting remote code) are stored but not compared: a rerun with a larger ``--limit``, on other
 GPUs or on more processes just continues. (A changed dataset is caught at merge by
 its ``_id``/``index`` pairs instead.) Every other setting, unknown ones included, is
 compared, so a new pred.py flag is safe by default. Pass the values actually used
@@ -45,7 +45,7 @@ __all__ = ["LONGBENCH_KEYS", "UNCOMPARED", "PredictionWriter", "RunIOError", "Se
 log = logging.getLogger(__name__)
 
 UNCOMPARED = frozenset({"device", "device_map", "limit", "save", "data_dir", "dataset", "datasets", "overwrite",
-                        "num_processes"})
+                        "num_processes", "trust_remote_code"})
 _ABSENT = "<absent>"
 
 

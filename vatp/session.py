@@ -34,8 +34,7 @@ class VatpSession:
 
     def budget(self, prompt_len: int) -> policy.Budget:
         """The budget for a prompt of this length; raises BudgetError with a fix if there is none."""
-        return self.method.checked_budget(prompt_len, self.config.heavy_ratio, self.config.sink_len,
-                                          self.config.forces_sinks)
+        return self.config.budget(prompt_len)
 
     def seen_tokens(self) -> int:
         """Absolute length of the current sample (the cache may be shorter after eviction)."""
