@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vatp.evaluate import EvalError, evaluate, format_table, unmerged_datasets, write_results
+from vatp.evaluate import RESULT_NAME, EvalError, evaluate, format_table, unmerged_datasets, write_results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     try:
         out = write_results(model_dir, rows)
     except OSError as err:
-        print(f"eval.py: error: cannot write {model_dir / 'result.json'}: {err}; "
-              "check the folder's permissions and free space.", file=sys.stderr)
+        print(f"eval.py: error: cannot write {model_dir / RESULT_NAME}: {err.strerror or err}; it is left as it was: "
+              "check the folder's permissions and free space, then run eval.py again.", file=sys.stderr)
         return 1
     print(format_table(rows, longbench_e=args.e))
     print(f"\nwrote {out}")

@@ -5,7 +5,9 @@ The expected result.json values were obtained by running LongBench v1's own
 where it writes NaN for an empty bucket, we expect null.
 """
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +152,101 @@ def test_unmerged_parts_are_ignored_with_a_warning(save):
     assert proc.returncode == 0, proc.stderr
     assert "warning: hotpotqa has unmerged part files" in proc.stderr
     assert json.loads((save / MODEL / "result.json").read_text()) == LONGBENCH_RESULT
+
+
+def _one_error_line(proc) -> str:
+    """The single `eval.py: error:` line of a failed run (exit 1, no traceback)."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("eval.py: error: ")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("length", ["-1", "-0.5", "-Infinity", "Infinity", "NaN", '"long"', "true", "null"])
+def test_e_refuses_negative_non_finite_and_non_numeric_lengths(save, length):
+    assert run_eval("--model", MODEL, "--save", save, "--e").returncode == 0
+    before = (save / MODEL / "result.json").read_bytes()
+    path = save / MODEL / "hotpotqa.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace('"length": 5100', f'"length": {length}')
+    path.write_text("\n".join(lines) + "\n")
+    error = _one_error_line(run_eval("--model", MODEL, "--save", save, "--e"))
+    assert f"{path}, line 2: " in error
+    assert f'"length" must be a finite number >= 0 (the context length in words), got {length}' in error
+    assert "fix or delete this line, or re-run pred.py" in error
+    assert (save / MODEL / "result.json").read_bytes() == before
+
+
+def test_numeric_answers_are_scored_as_strings(tmp_path):
+    """LongBench's count metric compares str(answer): a numeric answer scores as its string."""
+    scores = {}
+    for kind, answers in {"numbers": [5, 3], "strings": ["5", "3"]}.items():
+        model_dir = tmp_path / kind / MODEL
+        model_dir.mkdir(parents=True)
+        records = [{"pred": "5", "answers": answers[:1], "all_classes": None, "length": 100},
+                   {"pred": "3 or 4", "answers": answers[1:], "all_classes": None, "length": 5000}]
+        (model_dir / "passage_count.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        for e in ([], ["--e"]):
+            proc = run_eval("--model", MODEL, "--save", tmp_path / kind, *e)
+            assert proc.returncode == 0, proc.stderr
+            scores[kind, bool(e)] = json.loads((model_dir / "result.json").read_text())
+    assert scores["numbers", False] == scores["strings", False] == {"passage_count": 75.0}
+    assert scores["numbers", True] == scores["strings", True] == {
+        "passage_count": {"0-4k": 100.0, "4-8k": 50.0, "8k+": None}}
+
+
+def test_non_utf8_byte_is_one_line_with_file_and_line(save):
+    path = save / MODEL / "trec.jsonl"
+    path.write_bytes(path.read_bytes().replace(b"Human or Entity", b"Human or \xff"))
+    error = _one_error_line(run_eval("--model", MODEL, "--save", save))
+    assert f"{path}, line 2: not UTF-8 (byte 0xff at byte 20)" in error
+    assert not (save / MODEL / "result.json").exists()
+
+
+def _eval_main():
+    """eval.py's main, imported in this process (to make its writes fail)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_script", REPO / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _fail(errno_code):
+    def fail(*args, **kwargs):
+        raise OSError(errno_code, os.strerror(errno_code))
+    return fail
+
+
+@pytest.mark.parametrize("where, errno_code", [("tempfile.mkstemp", errno.EROFS), ("json.dump", errno.ENOSPC),
+                                               ("os.replace", errno.ENOSPC)],
+                         ids=["read-only folder", "full disk at the write", "full disk at the rename"])
+def test_failed_result_write_is_one_line_and_keeps_the_old_result(save, monkeypatch, capsys, where, errno_code):
+    main = _eval_main()
+    assert main(["--model", MODEL, "--save", str(save)]) == 0
+    before = (save / MODEL / "result.json").read_bytes()
+    (save / MODEL / "lcc.jsonl").write_text('{"pred": "x", "answers": ["y"], "all_classes": null}\n')
+    capsys.readouterr()
+    module, name = where.split(".")
+    monkeypatch.setattr(f"vatp.evaluate.{module}.{name}", _fail(errno_code))
+    assert main(["--model", MODEL, "--save", str(save)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"eval.py: error: cannot write {save / MODEL / 'result.json'}: "
+                                f"{os.strerror(errno_code)}; it is left as it was: check the folder's permissions "
+                                "and free space, then run eval.py again."]
+    assert (save / MODEL / "result.json").read_bytes() == before
+    assert not list((save / MODEL).glob(".result.*"))
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_one_line(save):
+    model_dir = save / MODEL
+    model_dir.chmod(0o555)
+    try:
+        error = _one_error_line(run_eval("--model", MODEL, "--save", save))
+    finally:
+        model_dir.chmod(0o755)
+    assert f"cannot write {model_dir / 'result.json'}: Permission denied" in error
+    assert not (model_dir / "result.json").exists()

@@ -2,7 +2,8 @@
 
 Prediction files are `DIR/MODEL/{dataset}.jsonl`, one JSON object per line
 with the fields written by pred.py: "pred", "answers", "all_classes" and
-"length" (extra keys such as "_id" and "index" are ignored). Anything in the
+"length" (extra keys such as "_id" and "index" are ignored); numbers among the
+answers are read as strings, as LongBench's count metric does. Anything in the
 folder that is not a `.jsonl` file (run records, result.json, logs, the
 `{dataset}.parts/` folders of a sharded run) is ignored. Every problem is
 raised as `EvalError` with a message that names the file (and line) and says
@@ -10,6 +11,7 @@ how to fix it.
 """
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -46,8 +48,14 @@ def _field_error(path: Path, lineno: int, problem: str) -> EvalError:
                      "fix or delete this line, or re-run pred.py for this dataset.")
 
 
-def _check_record(record, path: Path, lineno: int, need_length: bool) -> None:
-    """Raise EvalError unless `record` has the fields (and types) scoring needs."""
+def _is_number(value) -> bool:
+    """A JSON number: int or float, not bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_record(record, path: Path, lineno: int, need_length: bool) -> dict:
+    """`record` with numeric answers as strings (as LongBench's count metric reads them);
+    EvalError unless it has the fields (and types) scoring needs."""
     if not isinstance(record, dict):
         raise _field_error(path, lineno, f"expected a JSON object, got {type(record).__name__}")
     required = ("pred", "answers", "all_classes") + (("length",) if need_length else ())
@@ -57,28 +65,39 @@ def _check_record(record, path: Path, lineno: int, need_length: bool) -> None:
     if not isinstance(record["pred"], str):
         raise _field_error(path, lineno, '"pred" must be a string')
     answers = record["answers"]
-    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+    if not isinstance(answers, list) or not all(isinstance(a, str) or _is_number(a) for a in answers):
         raise _field_error(path, lineno, '"answers" must be a list of strings')
     classes = record["all_classes"]
     if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
         raise _field_error(path, lineno, '"all_classes" must be null or a list of strings')
-    if need_length and (isinstance(record["length"], bool) or not isinstance(record["length"], (int, float))):
-        raise _field_error(path, lineno, '"length" must be a number (the context length in words)')
+    if need_length:
+        length = record["length"]
+        if not (_is_number(length) and (isinstance(length, int) or math.isfinite(length)) and length >= 0):
+            raise _field_error(path, lineno, '"length" must be a finite number >= 0 (the context length in words), '
+                               f"got {json.dumps(length)}")
+    return {**record, "answers": [a if isinstance(a, str) else str(a) for a in answers]}
 
 
 def read_predictions(path: Path, need_length: bool) -> list:
     """The records of one prediction file, in order; blank lines are skipped."""
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise _field_error(path, lineno, f"not valid JSON ({err.msg} at column {err.colno})") from None
-            _check_record(record, path, lineno, need_length)
-            records.append(record)
+    try:
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise _field_error(path, lineno, f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte "
+                                       f"{err.start + 1})") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise _field_error(path, lineno, f"not valid JSON ({err.msg} at column {err.colno})") from None
+                records.append(_checked_record(record, path, lineno, need_length))
+    except OSError as err:
+        raise EvalError(f"cannot read {path}: {err.strerror or err}; check the file's permissions.") from None
     if not records:
         raise EvalError(f"{path} has no predictions; delete it or re-run pred.py for this dataset.")
     return records

@@ -126,7 +126,10 @@ def default_datasets(e: bool) -> list[str]:
 
 
 def load_samples(dataset: str, e: bool, data_dir: str | None) -> list[dict]:
-    """The test samples of ``dataset`` (``{dataset}_e`` with ``e``), from ``data_dir`` or the hub."""
+    """The test samples of ``dataset`` (``{dataset}_e`` with ``e``), from ``data_dir`` or the hub.
+
+    Each line of a local file is checked by ``_check_sample``; the samples are returned exactly as parsed.
+    """
     name = f"{dataset}_e" if e else dataset
     if data_dir is None:
         return _load_from_hub(name)
@@ -138,22 +141,71 @@ def load_samples(dataset: str, e: bool, data_dir: str | None) -> list[dict]:
         raise DataError(f"{path} not found; --data_dir must hold {{dataset}}.jsonl and {{dataset}}_e.jsonl files "
                         f"as in LongBench's data.zip (drop --e if you only have {dataset}.jsonl)")
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove that line") from None
-            missing = [k for k in FIELDS if k not in sample] if isinstance(sample, dict) else list(FIELDS)
-            if missing:
-                raise DataError(f"{path}:{number}: missing field(s) {missing}; LongBench lines have {list(FIELDS)}")
-            if not str(sample["context"]).strip() and not str(sample["input"]).strip():
-                raise DataError(f"{path}:{number}: empty prompt (both context and input are empty); "
-                                "fix or remove that line")
-            samples.append(sample)
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path}:{number}: not UTF-8 (byte 0x{raw[err.start]:02x} at byte "
+                                    f"{err.start + 1} of the line); save the file as UTF-8 or fix that line") from None
+                if not line.strip():
+                    continue
+                try:
+                    sample = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove that line") from None
+                _check_sample(sample, f"{path}:{number}")
+                samples.append(sample)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}; check that file") from None
+    if not samples:
+        raise DataError(f"{path} holds no samples (it is empty or blank); restore it from LongBench's data.zip "
+                        "(or python -m vatp.suite --out DIR), or leave this dataset out of --datasets")
     return samples
+
+
+def _is_number(value) -> bool:
+    """A JSON number: int or float, not bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json(value) -> str:
+    """``value`` as it reads in JSON, cut to 60 characters, for error messages."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_sample(sample, where: str) -> None:
+    """Raise a DataError, naming ``where`` (path:line) and the fix, unless ``sample`` has LongBench's fields and types.
+
+    ``input`` and ``context`` are strings, ``answers`` a list of strings, ``length`` a non-negative integer
+    (a float such as 12.0 passes) and ``all_classes`` null or a list of strings. Numbers among the answers pass
+    unchanged: LongBench's pred.py copies answers to the predictions as they are, and its count metric (as
+    eval.py, for every metric) reads them as strings.
+    """
+    missing = [k for k in FIELDS if k not in sample] if isinstance(sample, dict) else list(FIELDS)
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing}; LongBench lines have {list(FIELDS)}")
+    for key in ("input", "context"):
+        if not isinstance(sample[key], str):
+            raise DataError(f'{where}: "{key}" must be a string, got {_json(sample[key])}; '
+                            'write it as a JSON string ("" if there is none)')
+    answers = sample["answers"]
+    if not isinstance(answers, list) or not all(isinstance(a, str) or _is_number(a) for a in answers):
+        raise DataError(f'{where}: "answers" must be a list of strings, got {_json(answers)}; '
+                        'write it as a JSON list such as ["Paris"]')
+    length = sample["length"]
+    whole = _is_number(length) and (isinstance(length, int) or length.is_integer())
+    if not whole or length < 0:
+        raise DataError(f'{where}: "length" must be a non-negative integer, got {_json(length)}; '
+                        "write the context length in words (LongBench: characters for Chinese), such as 3512")
+    classes = sample["all_classes"]
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise DataError(f'{where}: "all_classes" must be null or a list of strings, got {_json(classes)}; '
+                        'write null, or the class names as a JSON list such as ["Location", "Human"]')
+    if not sample["context"].strip() and not sample["input"].strip():
+        raise DataError(f"{where}: empty prompt (both context and input are empty); fix or remove that line")
 
 
 def _load_from_hub(name: str) -> list[dict]:
