@@ -15,6 +15,7 @@ loads; a problem stops the run with exit status 2 and a one-line message.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import sys
@@ -92,13 +93,32 @@ def check_args(args) -> None:
 
 
 def main(argv=None) -> int:
+    """Run pred.py: 0 when done; 2 with one ``pred.py: error:`` line; 130 with one line on Ctrl-C."""
     args = parse_args(argv)
     try:
         check_args(args)
         return run(args)
     except (UsageError, DataError, runio.RunIOError, UnsupportedError) as err:
-        print(f"pred.py: error: {err}", file=sys.stderr)
-        return 2
+        message = str(err)
+    except OSError as err:  # a read-only folder, a full disk, --save on a file, ...
+        message = runio.os_error_message(err)
+    except KeyboardInterrupt:
+        print(f"pred.py: interrupted: {kept_predictions(args)}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(f"pred.py: error: {message}", file=sys.stderr)
+    return 2
+
+
+def kept_predictions(args) -> str:
+    """How many predictions the datasets of this run hold on disk, for the Ctrl-C line."""
+    out_dir = f"{args.save}/{args.model}"
+    try:
+        names = dict.fromkeys(args.datasets or longbench.default_datasets(args.e))
+        count = sum(len(runio.done_ids([runio.final_path(out_dir, name), *runio.part_paths(out_dir, name)]))
+                    for name in names)
+    except (runio.RunIOError, UsageError, OSError):
+        return f"the predictions made so far are kept in {out_dir}"
+    return f"{count} prediction{'s' * (count != 1)} kept in {out_dir}"
 
 
 def run(args) -> int:
@@ -132,7 +152,9 @@ def run(args) -> int:
     encoded = {name: encode_dataset(args, name, samples, tokenizer, prompts[name], max_length, config)
                for name, samples in data.items()}
 
-    # 3. Device, dtype and scoring; the run records (refusing predictions made with other settings); the model.
+    # 3. Device, dtype and scoring; then rank 0 takes each dataset's lock for the whole run and checks its
+    #    predictions and run record (refusing another run, other settings, damaged files), writing nothing;
+    #    the model. A dataset's record gains its session only when its predictions start.
     cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)  # gloo on CPU when launched with several processes
     device = args.device or str(state.device)
@@ -141,35 +163,39 @@ def run(args) -> int:
         check_sliding_window(args, model_config, encoded, max_new)
         config = dataclasses.replace(config, scoring=settle_scoring(args, config, model_config, encoded, device, dtype))
     out_dir = f"{args.save}/{args.model}"
-    if state.is_main_process:
-        # runio compares every setting but device(_map), limit, save, data_dir, datasets, overwrite and
-        # trust_remote_code.
-        resolved = config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring, score_dtype=args.score_dtype)
-        settings = {**vars(args), "dtype": dtype, "scoring": resolved.resolved_scoring,
-                    "score_dtype": resolved.score_dtype_name(getattr(torch, dtype))}
-        for name in datasets:
-            runio.start_run(out_dir, name, settings, model_path=path, num_processes=state.num_processes,
-                            overwrite=args.overwrite)
-    state.wait_for_everyone()
+    with contextlib.ExitStack() as locks:
+        plans = {}
+        if state.is_main_process:
+            # runio compares every setting but device(_map), limit, save, data_dir, datasets, overwrite and
+            # trust_remote_code.
+            resolved = config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring,
+                                                 score_dtype=args.score_dtype)
+            settings = {**vars(args), "dtype": dtype, "scoring": resolved.resolved_scoring,
+                        "score_dtype": resolved.score_dtype_name(getattr(torch, dtype))}
+            for name in data:
+                locks.enter_context(runio.RunLock(out_dir, name, settings, model_path=path, summary=describe(args)))
+            plans = {name: runio.check_run(out_dir, name, settings, model_path=path, overwrite=args.overwrite,
+                                           ids=runio.sample_ids(samples)) for name, samples in data.items()}
+        state.wait_for_everyone()
 
-    from vatp.models import ModelLoadError, load_model_and_tokenizer
+        from vatp.models import ModelLoadError, load_model_and_tokenizer
 
-    longbench.seed_everything()
-    try:
-        model, tokenizer = load_model_and_tokenizer(path, dtype, device, args.device_map,
-                                                    trust_remote_code=args.trust_remote_code)
-    except ModelLoadError as err:
-        raise UsageError(str(err)) from None
-    print(f"pred.py: rank {state.process_index} of {state.num_processes}: {args.model} on {model.device} "
-          f"({dtype}, {describe(args)})", file=sys.stderr, flush=True)
-    session = vatp.enable(model, config) if config is not None else None
-    try:
-        for name, samples in data.items():
-            predict_dataset(args, name, samples, encoded[name], model, tokenizer, session, max_new[name],
-                            out_dir, state)
-    finally:
-        if session is not None:
-            vatp.disable(model)
+        longbench.seed_everything()
+        try:
+            model, tokenizer = load_model_and_tokenizer(path, dtype, device, args.device_map,
+                                                        trust_remote_code=args.trust_remote_code)
+        except ModelLoadError as err:
+            raise UsageError(str(err)) from None
+        print(f"pred.py: rank {state.process_index} of {state.num_processes}: {args.model} on {model.device} "
+              f"({dtype}, {describe(args)})", file=sys.stderr, flush=True)
+        session = vatp.enable(model, config) if config is not None else None
+        try:
+            for name, samples in data.items():
+                predict_dataset(args, name, samples, encoded[name], model, tokenizer, session, max_new[name],
+                                out_dir, state, plans.get(name))
+        finally:
+            if session is not None:
+                vatp.disable(model)
     return 0
 
 
@@ -224,7 +250,8 @@ def encode_dataset(args, name, samples, tokenizer, prompt_format, max_length, co
     return encoded
 
 
-def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max_new, out_dir, state) -> None:
+def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max_new, out_dir, state, plan) -> None:
+    """Predict the samples of ``name`` not done yet, then (rank 0) merge them; ``plan``: rank 0's checked run."""
     import torch
     from tqdm import tqdm
 
@@ -232,6 +259,9 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
     ids = runio.sample_ids(samples)
     method = describe(args)
     started, new, kept = time.time(), 0, []
+    if state.is_main_process:
+        runio.begin_run(plan, num_processes=world)  # before any rank opens its part file
+    state.wait_for_everyone()
     with runio.PredictionWriter(out_dir, name, rank, world) as writer:
         todo = [i for i in runio.shard_indices(len(samples), rank, world) if ids[i] not in writer.done]
         bar = tqdm(todo, desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process, dynamic_ncols=True)

