@@ -1,6 +1,7 @@
 """Small LongBench-format folders for the pred.py tests: the offline suite plus a hand-made samsum."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -13,6 +14,31 @@ SHOTS = ("Dialogue: Tom: Are we still on for lunch?\nAnna: Yes, 12:30 at the usu
          "Summary: Tom and Anna will have lunch at 12:30.\n\n"
          "Dialogue: Mia: I lost my keys again.\nLeo: Check the kitchen drawer.\n"
          "Summary: Leo tells Mia to look for her keys in the kitchen drawer.\n")
+
+
+@contextlib.contextmanager
+def models_loaded_once():
+    """Make pred.py's model load reuse one model per (path, dtype, device) for in-process runs.
+
+    Runs with a ``device_map`` load for real. pred.py disables VATP after each run, so the
+    cached model is unchanged between runs. Yields the cache.
+    """
+    import pytest
+
+    import vatp.models
+
+    real, cache = vatp.models.load_model_and_tokenizer, {}
+
+    def load(path, dtype="float32", device="cpu", device_map=None, **kwargs):
+        if device_map:
+            return real(path, dtype, device, device_map, **kwargs)
+        if (path, dtype, device) not in cache:
+            cache[path, dtype, device] = real(path, dtype, device)
+        return cache[path, dtype, device]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vatp.models, "load_model_and_tokenizer", load)
+        yield cache
 
 
 def load_pred():

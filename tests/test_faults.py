@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pred_data import MODEL, REPO, load_pred, make_data, read_lines, snapshot
+from pred_data import MODEL, REPO, load_pred, make_data, models_loaded_once, read_lines, snapshot
 from vatp import runio, shard
 from vatp.runio import (PredictionWriter, RunIOError, RunLock, RunLockedError, done_ids, final_path, finish_run,
                         load_run_record, merge_parts, part_path, part_paths, prediction_record, run_lock_path,
@@ -370,18 +370,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_model():
-    """Load the model once for the in-process runs."""
-    import vatp.models
-
-    real, cache = vatp.models.load_model_and_tokenizer, {}
-
-    def load(path, dtype="float32", device="cpu", device_map=None, **kwargs):
-        if (path, dtype, device) not in cache:
-            cache[path, dtype, device] = real(path, dtype, device)
-        return cache[path, dtype, device]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(vatp.models, "load_model_and_tokenizer", load)
+    with models_loaded_once() as cache:
         yield cache
 
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from pred_data import MODEL, REPO, SAMSUM, SAMSUM_E, load_pred, make_data, read_lines
+from pred_data import MODEL, REPO, SAMSUM, SAMSUM_E, load_pred, make_data, models_loaded_once, read_lines
 
 pred = load_pred()
 
@@ -31,22 +31,8 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_model():
-    """Load the model once for the in-process runs (pred.py disables VATP after each run)."""
-    import vatp.models
-
-    real, cache = vatp.models.load_model_and_tokenizer, {}
-
-    def load(path, dtype="float32", device="cpu", device_map=None, **kwargs):
-        if device_map:
-            return real(path, dtype, device, device_map, **kwargs)
-        if (path, dtype, device) not in cache:
-            cache[path, dtype, device] = real(path, dtype, device)
-        return cache[path, dtype, device]
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(vatp.models, "load_model_and_tokenizer", load)
-    yield cache
-    mp.undo()
+    with models_loaded_once() as cache:
+        yield cache
 
 
 def run_main(data, save, *extra, datasets=DATASETS):
