@@ -22,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from vatp.longbench import DTYPE_NAMES  # noqa: E402  (no torch import)
+from vatp.longbench import DTYPE_NAMES  (no torch import)
 
 MODES = ("full", "mask", "evict")
 SHAPES = {"llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-import vatp  # noqa: E402
-from vatp import longbench  # noqa: E402
-from vatp.models import load_model_and_tokenizer  # noqa: E402
+import vatp
+from vatp import longbench
+from vatp.models import load_model_and_tokenizer
 
 PAIRS = {  # baseline label -> (baseline settings, VATP settings)
     "H2O": (dict(h2o=True), dict(h2o=True, apval=True)),

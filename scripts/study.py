@@ -23,9 +23,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from vatp.report import load_run, markdown_table, write_report  # noqa: E402
+from vatp.report import load_run, markdown_table, write_report
 
 TASKS = ["offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify"]
 METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it weights

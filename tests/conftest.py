@@ -1,17 +1,19 @@
 """Shared fixtures: the reference-parity model, the embedded SmolLM2, tiny random Llamas."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# The paper's code's outputs (see fixtures/README.md), carried by the repository so a plain clone runs its tests.
+FIXTURES = REPO / "tests" / "fixtures"
+REFPARITY = FIXTURES / "refparity"
+REFPARITY_FP16 = FIXTURES / "refparity-fp16"
+# Where the fixtures came from, when it sits beside the checkout (the tests check the copy is unchanged).
 SHARED = Path(os.environ.get("VATP_SHARED", REPO.parent / "shared"))
-REFPARITY = SHARED / "refparity"
 
 # The four method variants every end-to-end check runs over.
 VARIANTS = [
@@ -21,21 +23,6 @@ VARIANTS = [
     {"h2o": False, "apval": True},
 ]
 VARIANT_IDS = ["h2o", "h2o+vatp", "scissorhands", "scissorhands+vatp"]
-
-
-@pytest.fixture(scope="session")
-def refparity():
-    if not REFPARITY.is_dir():
-        pytest.fail(f"reference fixtures not found at {REFPARITY}; set VATP_SHARED to the shared/ folder")
-    cases = json.loads((REFPARITY / "cases.json").read_text())["cases"]
-    return cases, np.load(REFPARITY / "refparity.npz")
-
-
-@pytest.fixture(scope="session")
-def parity_model():
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(REFPARITY / "tiny-llama", dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +51,14 @@ def greedy(model, ids, steps=12):
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, min_new_tokens=steps,
                              do_sample=False, output_logits=True, return_dict_in_generate=True)
     return out.sequences[0, ids.shape[1]:].tolist(), torch.stack(out.logits)[:, 0]
+
+
+# Fixtures that load the embedded model: a test using one is `slow`. `pytest -m "not slow"` is the fast tier;
+# modules that run pred.py, notebooks or Triton's interpreter as subprocesses mark themselves.
+SLOW_FIXTURES = {"embedded", "half_model", "one_model", "reference"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

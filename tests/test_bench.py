@@ -3,7 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # runs subprocesses
 
 
 def test_bench_smoke_reports_half_the_kv_for_evict(tmp_path):

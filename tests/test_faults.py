@@ -468,6 +468,7 @@ def wait_for_lock(proc, lock_file: Path) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_real_ctrl_c_prints_one_line_and_exits_130(data, tmp_path):
     proc = start_pred(data, tmp_path, "--limit", "1")
     lock_file = run_lock_path(tmp_path / MODEL, "samsum")
@@ -485,6 +486,7 @@ def test_real_ctrl_c_prints_one_line_and_exits_130(data, tmp_path):
     assert not tmp_path.joinpath(MODEL).exists()  # nothing was written yet, and the lock is gone
 
 
+@pytest.mark.slow
 def test_second_run_is_refused_at_once_naming_the_first(data, reference, tmp_path):
     """The first run is stopped (SIGSTOP) while it holds the lock; runs with the same and with other settings
     are refused before their model loads, and leave nothing; the first then ends, and its record matches."""
@@ -516,6 +518,7 @@ def test_second_run_is_refused_at_once_naming_the_first(data, reference, tmp_pat
     assert len(json.loads((out / "run_samsum.json").read_text())["sessions"]) == 1
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_leave_a_record_that_matches(data, tmp_path):
     """The issue's race: two settings into one --save at once. One wins; the record describes its predictions."""
     procs = {ratio: start_pred(data, tmp_path, "--limit", "1", "--heavy_ratio", ratio) for ratio in ("0.25", "0.5")}

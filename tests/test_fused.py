@@ -15,6 +15,8 @@ import torch
 import vatp
 from conftest import REPO, VARIANT_IDS, VARIANTS, greedy, tiny_llama
 
+pytestmark = pytest.mark.slow  # runs subprocesses
+
 pytest.importorskip("triton")
 
 INTERPRETED = textwrap.dedent("""

@@ -10,6 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # runs subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "visual.ipynb"
 FIGURES = 3  # value norms, attention heatmap, kept tokens

@@ -1,4 +1,4 @@
-"""Reference parity: every case of ../shared/refparity and ../shared/refparity-fp16.
+"""Reference parity: every case of tests/fixtures/refparity and refparity-fp16 (from ../shared).
 
 Both sets come from the paper's own code, run in float32 and in float16 (the
 paper's arithmetic). For each: identical greedy tokens, identical kept-token
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import vatp
-from conftest import REFPARITY, SHARED, greedy
+from conftest import REFPARITY, REFPARITY_FP16, SHARED, greedy
 
 # dtype -> (fixture folder, logit tolerance of mask / of evict, score rtol). float32: its rounding.
 # float16: mask is the paper's arithmetic (bitwise here); evict's decode softmax sums only the kept
@@ -21,7 +21,7 @@ from conftest import REFPARITY, SHARED, greedy
 # |logit| ~ 6) on these cases, with the same tokens and kept sets.
 SETS = {
     "float32": (REFPARITY, {"mask": 1e-4, "evict": 1e-4}, 5e-5),
-    "float16": (SHARED / "refparity-fp16", {"mask": 2e-3, "evict": 3e-2}, 2e-3),
+    "float16": (REFPARITY_FP16, {"mask": 2e-3, "evict": 3e-2}, 2e-3),
 }
 
 
@@ -43,9 +43,17 @@ def _id(item):
 
 def test_reference_fixtures_are_present():
     for name, (folder, *_tols) in SETS.items():
-        assert folder.is_dir(), f"{folder} missing: set VATP_SHARED to the shared/ folder"
+        assert folder.is_dir(), f"{folder} missing: restore tests/fixtures (git checkout tests/fixtures)"
     assert sum(name == "float32" for name, _ in CASES) == 26 and sum(name == "float16" for name, _ in CASES) == 26
     assert sum(case["mode"] == "full" for _, case in CASES) == 4
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="no ../shared beside the checkout to compare the copy with")
+@pytest.mark.parametrize("relative", ["refparity/cases.json", "refparity/refparity.npz",
+                                      "refparity/tiny-llama/model.safetensors", "refparity/tiny-llama/config.json",
+                                      "refparity-fp16/cases.json", "refparity-fp16/refparity.npz"])
+def test_the_fixture_copy_is_the_shared_ground_truth(relative):
+    assert (REFPARITY.parent / relative).read_bytes() == (SHARED / relative).read_bytes()
 
 
 @pytest.fixture(scope="module")

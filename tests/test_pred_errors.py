@@ -17,6 +17,8 @@ import pytest
 
 from pred_data import MODEL, REPO, load_pred, make_data, snapshot, write_jsonl
 
+pytestmark = pytest.mark.slow  # runs subprocesses
+
 METHOD = ["--h2o", "--apval", "--sink_len", "4", "--heavy_ratio", "0.25"]
 GOOD = {"input": "How many?", "context": "one two three", "answers": ["3"], "length": 3, "all_classes": None}
 
