@@ -18,11 +18,16 @@ def eager_scoring_bytes(heads: int, length: int, itemsize: int) -> int:
     return heads * length * length * (2 * itemsize + 4)
 
 
+def _head_shape(config) -> tuple[int, int]:
+    """(head_dim, kv_heads) of a Llama-family config; MHA when it names no KV heads."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return head_dim, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
 def weight_bytes(config, itemsize: int) -> int:
     """A Llama-family model's weights: embeddings, attention, gated MLP and norms of every layer."""
     hidden, layers = config.hidden_size, config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim, kv_heads = _head_shape(config)
     attention = hidden * head_dim * (2 * config.num_attention_heads + 2 * kv_heads)
     mlp = 3 * hidden * config.intermediate_size
     embeddings = config.vocab_size * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
@@ -31,8 +36,7 @@ def weight_bytes(config, itemsize: int) -> int:
 
 def kv_cache_bytes(config, length: int, itemsize: int) -> int:
     """The full KV cache of one ``length``-token sequence."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim, kv_heads = _head_shape(config)
     return 2 * config.num_hidden_layers * kv_heads * head_dim * length * itemsize
 
 

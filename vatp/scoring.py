@@ -38,6 +38,19 @@ def scaled_logits(query, key_t, scaling) -> torch.Tensor:
     return torch.matmul(query, key_t) / (1 / scaling)
 
 
+def probabilities(logits, model_dtype, score_dtype=None):
+    """The softmax of a row of logits as the paper's code rounds it, and the probabilities to score.
+
+    Softmax in float32, rounded to the model dtype: what the model attends with.
+    The scored ones are those (``score_dtype`` None or the model dtype), or the
+    float32 softmax rounded to ``score_dtype``. Every scoring path calls this, so
+    eager, chunked and decode steps round alike.
+    """
+    exact = F.softmax(logits, dim=-1, dtype=torch.float32)
+    probs = exact.to(model_dtype)
+    return probs, (probs if score_dtype in (None, model_dtype) else exact.to(score_dtype))
+
+
 def _causal_allowed(q_len: int, kv_len: int, device, start: int = 0, stop: int | None = None) -> torch.Tensor:
     """(rows, kv_len) bool: query rows ``start:stop`` of the last ``q_len`` positions."""
     stop = q_len if stop is None else stop
@@ -64,11 +77,8 @@ def eager_prefill(query, key, value, mask, scaling, window: int | None, score_dt
     q_len, kv_len = query.shape[2], key.shape[2]
     logits = scaled_logits(query, _repeat_kv(key, group).transpose(2, 3), scaling)
     logits = logits.masked_fill(~_allowed(mask, q_len, kv_len, query.device), torch.finfo(logits.dtype).min)
-    exact = F.softmax(logits, dim=-1, dtype=torch.float32)
+    probs, scored = probabilities(logits, query.dtype, score_dtype)  # (1, heads, q, kv) each
     del logits
-    probs = exact.to(query.dtype)  # (1, heads, q, kv), what the model attends with
-    scored = probs if score_dtype in (None, query.dtype) else exact.to(score_dtype)
-    del exact
     out = torch.matmul(probs, _repeat_kv(value, group)).transpose(1, 2)
     rows = scored[0] if window is None else scored[0, :, max(q_len - window, 0):]
     return out, rows.sum(dim=1)
@@ -110,13 +120,11 @@ def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk:
         logits = scaled_logits(q, keys_t[:, :, :seen], scaling).view(heads, rows, seen)
         allowed = _allowed(mask, q_len, kv_len, query.device, lo, hi)[0, :, :, :seen]
         logits.masked_fill_(~allowed, torch.finfo(logits.dtype).min)
-        exact = F.softmax(logits, dim=-1, dtype=torch.float32)
+        probs, scored = probabilities(logits, query.dtype, score_dtype)
         del logits
-        probs = exact.to(query.dtype)
         out[:, :, lo:hi] = torch.matmul(probs.view(kv_heads, group * rows, seen), values[:, :seen]).view(
             kv_heads, group, rows, d)
         if hi > start:
-            scored = probs if score_dtype == query.dtype else exact.to(score_dtype)
             sums[:, :seen] += scored[:, max(start - lo, 0):].sum(dim=1, dtype=torch.float32)
     return out.view(heads, q_len, d).transpose(0, 1)[None], sums.to(score_dtype)
 
@@ -137,6 +145,6 @@ def decode_step(query, key, value, keep: torch.Tensor | None, scaling, score_dty
     logits = scaled_logits(q, key[0].transpose(1, 2), scaling)  # (kv_heads, group, kv)
     if keep is not None:
         logits = logits.masked_fill(~keep[:, None, :], torch.finfo(logits.dtype).min)
-    exact = F.softmax(logits, dim=-1, dtype=torch.float32)
-    out = torch.matmul(exact.to(query.dtype), value[0])  # (kv_heads, group, d)
-    return out.reshape(1, 1, heads, d), exact.to(score_dtype or query.dtype).reshape(heads, kv_len)
+    probs, scored = probabilities(logits, query.dtype, score_dtype)
+    out = torch.matmul(probs, value[0])  # (kv_heads, group, d)
+    return out.reshape(1, 1, heads, d), scored.reshape(heads, kv_len)
