@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vatp.evaluate import RESULT_NAME, EvalError, evaluate, format_table, unmerged_datasets, write_results
+from vatp.longbench.evaluate import RESULT_NAME, EvalError, evaluate, format_table, unmerged_datasets, write_results
 
 
 def parse_args(argv=None) -> argparse.Namespace:

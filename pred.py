@@ -23,8 +23,12 @@ import time
 import warnings
 
 import vatp  # its names load lazily: no torch import yet
-from vatp import longbench, runio
-from vatp.longbench import DTYPE_NAMES, DataError, UsageError
+from vatp import names
+from vatp.longbench import runs
+from vatp.longbench.data import (DataError, UsageError, config_dir, default_datasets, load_samples, read_config,
+                                 resolve_model, seed_everything)
+from vatp.longbench.models import default_dtype, load_model_config, load_tokenizer
+from vatp.longbench.prompts import decode, encode_prompt, generation_kwargs, post_process
 from vatp.support import UnsupportedError
 
 
@@ -51,20 +55,22 @@ def parse_args(argv=None):
                       help="datasets to run (default: the paper's: the 13 LongBench-E sets with --e, "
                            "else narrativeqa musique qmsum)")
     ours.add_argument("--limit", type=int, default=None, help="only the first N samples of each dataset")
-    ours.add_argument("--method", choices=["streaming"], default=None,
-                      help="a method outside the paper's flags: streaming = sinks (--sink_len) + recent tokens, "
-                           "the StreamingLLM-style baseline with H2O's total budget")
-    ours.add_argument("--backend", choices=["mask", "evict"], default="mask",
+    ours.add_argument("--method", choices=list(names.METHODS), default=None,
+                      help="the token-importance method (default: the paper's flags: h2o with --h2o, else "
+                           "scissorhands); streaming = sinks (--sink_len) + recent tokens with H2O's total budget; "
+                           "snapkv = SnapKV (the last 32 queries' attention, max-pooled; no pruning while decoding). "
+                           "--apval adds VATP to any of them")
+    ours.add_argument("--backend", choices=names.BACKENDS, default="mask",
                       help="mask: the paper's faithful masking (default); evict: remove pruned tokens from the cache")
-    ours.add_argument("--scoring", choices=["eager", "chunked", "fused"], default=None,
-                      help="prefill scoring: eager L x L probabilities, chunked (SDPA + column sums) or fused "
+    ours.add_argument("--scoring", choices=names.SCORINGS, default=None,
+                      help="prefill scoring: eager L x L probabilities, chunked (eager in chunks of query rows) or fused "
                            "(SDPA + a Triton column-sum kernel, CUDA); default eager for mask, chunked for evict")
     ours.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: accelerate's, else cuda if available)")
     ours.add_argument("--device_map", default=None, help="e.g. auto: spread a model too big for one GPU over several")
-    ours.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
+    ours.add_argument("--dtype", choices=names.DTYPE_NAMES, default=None,
                       help="default: float16 for the paper's models (llama2, vicuna, longchat), as the paper; "
                            "otherwise the checkpoint's own dtype (float32 if it names none)")
-    ours.add_argument("--score_dtype", choices=["model", "float32"], default=None,
+    ours.add_argument("--score_dtype", choices=names.SCORE_DTYPES, default=None,
                       help="arithmetic of the scores: model (the paper's: probabilities rounded to the model dtype, "
                            "scores accumulated in it) or float32; default float32 for bfloat16 models, else model")
     ours.add_argument("--trust_remote_code", action="store_true",
@@ -90,6 +96,13 @@ def check_args(args) -> None:
         raise UsageError(f"--sink_len must be >= 0, got {args.sink_len}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    if args.h2o and args.method not in (None, "h2o"):
+        raise UsageError(f"--h2o picks H2O but --method says {args.method}; give one of them")
+
+
+def method_name(args) -> str:
+    """The method the flags pick: --method, else the paper's --h2o (H2O) or its default (Scissorhands)."""
+    return args.method or ("h2o" if args.h2o else "scissorhands")
 
 
 def main(argv=None) -> int:
@@ -98,10 +111,10 @@ def main(argv=None) -> int:
     try:
         check_args(args)
         return run(args)
-    except (UsageError, DataError, runio.RunIOError, UnsupportedError) as err:
+    except (UsageError, DataError, runs.RunIOError, UnsupportedError) as err:
         message = str(err)
     except OSError as err:  # a read-only folder, a full disk, --save on a file, ...
-        message = runio.os_error_message(err)
+        message = runs.os_error_message(err)
     except KeyboardInterrupt:
         print(f"pred.py: interrupted: {kept_predictions(args)}; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -113,24 +126,24 @@ def kept_predictions(args) -> str:
     """How many predictions the datasets of this run hold on disk, for the Ctrl-C line."""
     out_dir = f"{args.save}/{args.model}"
     try:
-        names = dict.fromkeys(args.datasets or longbench.default_datasets(args.e))
-        count = sum(len(runio.done_ids([runio.final_path(out_dir, name), *runio.part_paths(out_dir, name)]))
+        names = dict.fromkeys(args.datasets or default_datasets(args.e))
+        count = sum(len(runs.done_ids([runs.final_path(out_dir, name), *runs.part_paths(out_dir, name)]))
                     for name in names)
-    except (runio.RunIOError, UsageError, OSError):
+    except (runs.RunIOError, UsageError, OSError):
         return f"the predictions made so far are kept in {out_dir}"
     return f"{count} prediction{'s' * (count != 1)} kept in {out_dir}"
 
 
 def run(args) -> int:
     # 1. Everything that needs no torch: config entries and data (fails in a fraction of a second).
-    path, max_length = longbench.resolve_model(args.model)
-    prompts, max_new = longbench.read_config("dataset2prompt"), longbench.read_config("dataset2maxlen")
-    datasets = args.datasets or longbench.default_datasets(args.e)
+    path, max_length = resolve_model(args.model)
+    prompts, max_new = read_config("dataset2prompt"), read_config("dataset2maxlen")
+    datasets = args.datasets or default_datasets(args.e)
     for name in datasets:
         if name not in prompts or name not in max_new:
-            raise UsageError(f"dataset {name!r} has no prompt/maxlen in {longbench.config_dir()}/dataset2prompt.json "
+            raise UsageError(f"dataset {name!r} has no prompt/maxlen in {config_dir()}/dataset2prompt.json "
                              "and dataset2maxlen.json; add them or pick another")
-    data = {name: longbench.load_samples(name, args.e, args.data_dir)[: args.limit] for name in datasets}
+    data = {name: load_samples(name, args.e, args.data_dir)[: args.limit] for name in datasets}
 
     # 2. The model's config, then every prompt and its cache budget, before the slow model load (every
     #    rank checks all samples, so that all fail alike).
@@ -140,15 +153,13 @@ def run(args) -> int:
     config = None
     if args.heavy_ratio < 1.0:
         try:
-            config = vatp.VatpConfig.from_paper_flags(args.heavy_ratio, args.h2o, args.apval, args.sink_len,
-                                                      backend=args.backend, scoring=args.scoring,
-                                                      score_dtype=args.score_dtype)
-            if args.method:
-                config = dataclasses.replace(config, method=args.method)
+            config = vatp.VatpConfig(heavy_ratio=args.heavy_ratio, method=method_name(args), apval=args.apval,
+                                     sink_len=args.sink_len, backend=args.backend, scoring=args.scoring,
+                                     score_dtype=args.score_dtype)
         except ValueError as err:
             raise UsageError(str(err)) from None
-    model_config = longbench.load_model_config(path, args.trust_remote_code)
-    tokenizer = longbench.load_tokenizer(path, args.trust_remote_code)
+    model_config = load_model_config(path, args.trust_remote_code)
+    tokenizer = load_tokenizer(path, args.trust_remote_code)
     encoded = {name: encode_dataset(args, name, samples, tokenizer, prompts[name], max_length, config)
                for name, samples in data.items()}
 
@@ -158,7 +169,7 @@ def run(args) -> int:
     cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)  # gloo on CPU when launched with several processes
     device = args.device or str(state.device)
-    dtype = args.dtype or longbench.default_dtype(args.model, model_config)
+    dtype = args.dtype or default_dtype(args.model, model_config)
     if config is not None:
         check_sliding_window(args, model_config, encoded, max_new)
         config = dataclasses.replace(config, scoring=settle_scoring(args, config, model_config, encoded, device, dtype))
@@ -173,14 +184,14 @@ def run(args) -> int:
             settings = {**vars(args), "dtype": dtype, "scoring": resolved.resolved_scoring,
                         "score_dtype": resolved.score_dtype_name(getattr(torch, dtype))}
             for name in data:
-                locks.enter_context(runio.RunLock(out_dir, name, settings, model_path=path, summary=describe(args)))
-            plans = {name: runio.check_run(out_dir, name, settings, model_path=path, overwrite=args.overwrite,
-                                           ids=runio.sample_ids(samples)) for name, samples in data.items()}
+                locks.enter_context(runs.RunLock(out_dir, name, settings, model_path=path, summary=describe(args)))
+            plans = {name: runs.check_run(out_dir, name, settings, model_path=path, overwrite=args.overwrite,
+                                           ids=runs.sample_ids(samples)) for name, samples in data.items()}
         state.wait_for_everyone()
 
-        from vatp.models import ModelLoadError, load_model_and_tokenizer
+        from vatp.longbench.models import ModelLoadError, load_model_and_tokenizer
 
-        longbench.seed_everything()
+        seed_everything()
         try:
             model, tokenizer = load_model_and_tokenizer(path, dtype, device, args.device_map,
                                                         trust_remote_code=args.trust_remote_code)
@@ -235,8 +246,8 @@ def settle_scoring(args, config, model_config, encoded, device, dtype) -> str:
 
 def encode_dataset(args, name, samples, tokenizer, prompt_format, max_length, config) -> list:
     """Token ids (1, n) of every sample's prompt; raises if one is empty or leaves no cache budget."""
-    ids = runio.sample_ids(samples)
-    encoded = [longbench.encode_prompt(tokenizer, sample, name, prompt_format, args.model, max_length)
+    ids = runs.sample_ids(samples)
+    encoded = [encode_prompt(tokenizer, sample, name, prompt_format, args.model, max_length)
                for sample in samples]
     for i in sorted(range(len(samples)), key=lambda i: encoded[i].shape[1]):  # the shortest failing one first
         where = f"{name} sample {i} ({ids[i]}, {encoded[i].shape[1]} prompt tokens)"
@@ -256,14 +267,14 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
     from tqdm import tqdm
 
     rank, world = state.process_index, state.num_processes
-    ids = runio.sample_ids(samples)
+    ids = runs.sample_ids(samples)
     method = describe(args)
     started, new, kept = time.time(), 0, []
     if state.is_main_process:
-        runio.begin_run(plan, num_processes=world)  # before any rank opens its part file
+        runs.begin_run(plan, num_processes=world)  # before any rank opens its part file
     state.wait_for_everyone()
-    with runio.PredictionWriter(out_dir, name, rank, world) as writer:
-        todo = [i for i in runio.shard_indices(len(samples), rank, world) if ids[i] not in writer.done]
+    with runs.PredictionWriter(out_dir, name, rank, world) as writer:
+        todo = [i for i in runs.shard_indices(len(samples), rank, world) if ids[i] not in writer.done]
         bar = tqdm(todo, desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process, dynamic_ncols=True)
         for i in bar:
             input_ids = encoded[i]
@@ -274,15 +285,15 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
             input_ids = input_ids.to(model.device)
             with torch.no_grad():
                 output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                                        **longbench.generation_kwargs(tokenizer, name, max_new, input_ids.shape[1]))
-            pred = longbench.decode(tokenizer, output[0, input_ids.shape[1]:])
-            writer.write(runio.prediction_record(longbench.post_process(pred, args.model), samples[i], i, ids[i]))
+                                        **generation_kwargs(tokenizer, name, max_new, input_ids.shape[1]))
+            pred = decode(tokenizer, output[0, input_ids.shape[1]:])
+            writer.write(runs.prediction_record(post_process(pred, args.model), samples[i], i, ids[i]))
             new += 1
     state.wait_for_everyone()
     if state.is_main_process:
-        final = runio.final_path(out_dir, name)
-        count = runio.merge_parts(final, runio.part_paths(out_dir, name))
-        runio.finish_run(out_dir, name, count)
+        final = runs.final_path(out_dir, name)
+        count = runs.merge_parts(final, runs.part_paths(out_dir, name))
+        runs.finish_run(out_dir, name, count)
         budget = f", mean budget {100 * sum(kept) / len(kept):.0f}% of the prompt" if kept else ""
         if count < len(samples):
             print(f"{name}: warning: only {count} of {len(samples)} samples predicted", file=sys.stderr)
@@ -293,10 +304,8 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
 def describe(args) -> str:
     if args.heavy_ratio >= 1.0:
         return "full cache"
-    method = ("H2O" if args.h2o else "Scissorhands") + ("+VATP" if args.apval else "")
-    if args.method == "streaming":
-        return f"StreamingLLM r={args.heavy_ratio} sink={args.sink_len} {args.backend}"
-    return f"{method} r={args.heavy_ratio} sink={args.sink_len if args.apval else 0} {args.backend}"
+    sinks = args.sink_len if args.apval or args.method == "streaming" else 0
+    return f"{names.method_label(method_name(args), args.apval)} r={args.heavy_ratio} sink={sinks} {args.backend}"
 
 
 if __name__ == "__main__":

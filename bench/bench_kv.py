@@ -46,8 +46,8 @@ def load(args):
         with torch.device(args.device):
             model = LlamaForCausalLM(config).to(getattr(torch, args.dtype))
         return model.eval()
-    from vatp.longbench import resolve_model
-    from vatp.models import load_model_and_tokenizer
+    from vatp.longbench.data import resolve_model
+    from vatp.longbench.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer(resolve_model(args.model)[0], args.dtype, args.device)[0]
 

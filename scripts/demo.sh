@@ -14,7 +14,7 @@ TASKS="offline_qa offline_retrieval offline_count offline_code offline_classify"
 
 bash scripts/setup.sh
 # shellcheck disable=SC2086
-"$PY" -m vatp.suite --out "$OUT/data" --samples "$SAMPLES" --tokens $TOKENS --tasks $TASKS
+"$PY" -m vatp.longbench.suite --out "$OUT/data" --samples "$SAMPLES" --tokens $TOKENS --tasks $TASKS
 
 declare -A FLAGS=(
   ["full"]="--heavy_ratio 1.0"
@@ -33,5 +33,5 @@ for m in full h2o h2o_vatp scissorhands scissorhands_vatp; do
   "$PY" eval.py --model "$MODEL" --save "$OUT/$m" > /dev/null
   RUNS+=(--run "${LABEL[$m]}=$OUT/$m/$MODEL")
 done
-"$PY" -m vatp.report "${RUNS[@]}" --out "$OUT/report"
+"$PY" -m vatp.analysis.report "${RUNS[@]}" --out "$OUT/report"
 echo "Report: $OUT/report/report.md and $OUT/report/report.png"

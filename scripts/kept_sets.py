@@ -17,8 +17,9 @@ import sys
 import torch
 
 import vatp
-from vatp import longbench
-from vatp.models import load_model_and_tokenizer
+from vatp.longbench.data import load_samples, read_config, resolve_model
+from vatp.longbench.prompts import encode_prompt
+from vatp.longbench.models import load_model_and_tokenizer
 
 PAIRS = {  # baseline label -> (baseline settings, VATP settings)
     "H2O": (dict(h2o=True), dict(h2o=True, apval=True)),
@@ -43,7 +44,7 @@ def compare(base: torch.Tensor, other: torch.Tensor, first: int, last: int) -> d
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="an offline-suite folder (python -m vatp.suite)")
+    p.add_argument("--data", required=True, help="an offline-suite folder (python -m vatp.longbench.suite)")
     p.add_argument("--tasks", nargs="+", default=["offline_code", "offline_qa", "offline_retrieval"])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.5], help="KV budget, share of the prompt")
@@ -51,14 +52,14 @@ def main(argv=None) -> int:
     p.add_argument("--first", type=int, default=20, help="leading tokens to report on")
     p.add_argument("--last", type=int, default=100, help="trailing tokens to report on")
     args = p.parse_args(argv)
-    model, tokenizer = load_model_and_tokenizer(longbench.resolve_model(args.model)[0], "float32", "cpu")
-    prompts = longbench.read_config("dataset2prompt")
-    max_length = longbench.read_config("model2maxlen")[args.model]
+    model, tokenizer = load_model_and_tokenizer(resolve_model(args.model)[0], "float32", "cpu")
+    prompts = read_config("dataset2prompt")
+    max_length = read_config("model2maxlen")[args.model]
     print(f"| task | budget | baseline | Jaccard | first {args.first} kept: base / VATP | "
           f"last {args.last} kept: base / VATP |\n|---|---|---|---|---|---|")
     for task in args.tasks:
-        samples = longbench.load_samples(task, False, args.data)
-        prompts_ids = [longbench.encode_prompt(tokenizer, s, task, prompts[task], args.model, max_length)
+        samples = load_samples(task, False, args.data)
+        prompts_ids = [encode_prompt(tokenizer, s, task, prompts[task], args.model, max_length)
                        for s in samples]
         for budget in args.budgets:
             for label, (base, with_vatp) in PAIRS.items():

@@ -11,7 +11,7 @@ pred.py resumes a run, and one whose result.json is newer than its
 predictions is skipped; ``--report_only`` runs nothing and reports the
 finished points (missing ones are listed). Writes ``OUT/study.md`` (a table per length and
 budget, and VATP's per-task win/tie/loss count against its baseline), a
-report (``vatp.report``) per length and budget, and ``OUT/averages.png``
+report (``vatp.analysis.report``) per length and budget, and ``OUT/averages.png``
 (average score against budget, per length).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from vatp.report import load_run, markdown_table, write_report
+from vatp.analysis.report import load_run, markdown_table, write_report
 
 TASKS = ["offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify"]
 METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it weights
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     for n in args.tokens:
         data = out / f"data_{n}"
         if not args.report_only:
-            run([sys.executable, "-m", "vatp.suite", "--out", str(data), "--samples", str(args.samples),
+            run([sys.executable, "-m", "vatp.longbench.suite", "--out", str(data), "--samples", str(args.samples),
                  "--tokens", str(n), "--tasks", *TASKS])
         full = predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])
         full_run = load_run("Full cache", full) if full else None

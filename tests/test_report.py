@@ -1,4 +1,4 @@
-"""vatp.report on small hand-written result.json folders: exact table, averages, bold, gaps, errors."""
+"""vatp.analysis.report on small hand-written result.json folders: exact table, averages, bold, gaps, errors."""
 import json
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from vatp import report
+from vatp.analysis import report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def _args(specs, out):
 
 def test_cli_prints_and_writes_the_table(runs, tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "vatp.report", *_args(runs, out)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "vatp.analysis.report", *_args(runs, out)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(TABLE + "\n")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vatp import shard
-from vatp.runio import (PredictionWriter, RunIOError, SettingsMismatchError, done_ids, final_path, finish_run,
+from vatp.longbench import prediction_files
+from vatp.longbench.runs import (PredictionWriter, RunIOError, SettingsMismatchError, done_ids, final_path, finish_run,
                         load_run_record, merge_parts, part_path, part_paths, prediction_record,
                         run_record_path, sample_ids, shard_indices, start_run)
 
@@ -134,7 +134,7 @@ def test_invalid_last_line_is_dropped_but_damage_inside_raises(tmp_path):
     path = part_path(tmp_path, DS, 0, 1)
     with open(path, "ab") as f:
         f.write(b"\x00\x00garbage\n")  # e.g. zero-filled blocks after a power loss
-    assert shard.repair(path) == 10
+    assert prediction_files.repair(path) == 10
     assert path.read_bytes() == expected_bytes([0])
     with open(path, "ab") as f:
         f.write(b"garbage\n" + expected_bytes([1]))
@@ -180,21 +180,21 @@ if len(sys.argv) > 7:  # SIGKILL itself half way through the line of index argv[
         return real_write(fd, data)
     os.write = write
 if mode in ("write", "all"):
-    with shard.PredictionWriter(out, "qasper", rank, world) as w:
-        for i in shard.shard_indices(n, rank, world):
+    with prediction_files.PredictionWriter(out, "qasper", rank, world) as w:
+        for i in prediction_files.shard_indices(n, rank, world):
             sid = f"id{i:03d}"
             if sid not in w.done:
                 pred = ("é\n" * 50_000) if i % 4 == 1 else f"answer {i} " * (i * 37 % 300)
-                w.write(shard.prediction_record(pred, {"answers": [str(i)], "all_classes": None, "length": i}, i, sid))
+                w.write(prediction_files.prediction_record(pred, {"answers": [str(i)], "all_classes": None, "length": i}, i, sid))
                 time.sleep(0.01)
 if mode in ("merge", "all"):
-    shard.merge_parts(shard.final_path(out, "qasper"), shard.part_paths(out, "qasper"))
+    prediction_files.merge_parts(prediction_files.final_path(out, "qasper"), prediction_files.part_paths(out, "qasper"))
 '''
 N = 40
 
 
 def child(script, out, mode, rank=0, world=1, *cut):
-    args = [shard.__file__, out, mode, N, rank, world, *cut]
+    args = [prediction_files.__file__, out, mode, N, rank, world, *cut]
     return subprocess.Popen([sys.executable, str(script), *map(str, args)])
 
 

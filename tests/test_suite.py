@@ -1,4 +1,4 @@
-"""Tests of the offline task suite (vatp.suite): no model, no network.
+"""Tests of the offline task suite (vatp.longbench.suite): no model, no network.
 
 Each task's answer is checked against the text itself: the planted fact is
 in the document, the key sentence is in the named paragraph only, the count
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from vatp.suite import TASKS, generate, write_suite
-from vatp.suite import sources
-from vatp.suite.__main__ import main
-from vatp.suite.record import target_chars
+from vatp.longbench.suite import TASKS, generate, write_suite
+from vatp.longbench.suite import sources
+from vatp.longbench.suite.__main__ import main
+from vatp.longbench.suite.record import target_chars
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES, TOKENS = 3, (1000, 4000)
@@ -86,7 +86,7 @@ def test_output_does_not_depend_on_hash_seed(suite, tmp_path):
     # skips vatp/__init__.py, which imports torch and is not needed here.
     out, paths = suite
     code = ("import sys, types; pkg = types.ModuleType('vatp'); pkg.__path__ = ['vatp']; "
-            "sys.modules['vatp'] = pkg; from vatp.suite import write_suite; "
+            "sys.modules['vatp'] = pkg; from vatp.longbench.suite import write_suite; "
             f"write_suite(sys.argv[1], samples={SAMPLES}, tokens={list(TOKENS)}, seed=0)")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env, check=True)

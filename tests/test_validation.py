@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from pred_data import REPO, SAMSUM, SAMSUM_E, snapshot, write_jsonl
-from vatp.longbench import DataError, load_samples
+from vatp.longbench.data import DataError, load_samples
 
 GOOD = {"input": "How many?", "context": "one two three", "answers": ["3"], "length": 3, "all_classes": None}
 JSON_FIX = 'write it as a JSON string ("" if there is none)'
@@ -107,7 +107,7 @@ def test_crlf_line_ends_and_blank_lines_are_read_as_before(tmp_path):
 def test_offline_suite_and_longbench_lines_load_unchanged(tmp_path):
     """Every file of the offline suite (and LongBench's own samsum lines, extra keys and all) loads as
     ``json.loads`` of each line: the checks change no sample, so predictions stay byte-identical."""
-    from vatp.suite import TASKS, write_suite
+    from vatp.longbench.suite import TASKS, write_suite
 
     paths = write_suite(tmp_path, samples=3, tokens=(300, 600))
     write_jsonl(tmp_path / "samsum.jsonl", SAMSUM)

@@ -6,13 +6,13 @@
     vatp.disable(model)
 
 The names below are imported on first use, so tools that need neither torch
-nor transformers (``eval.py``, ``python -m vatp.suite``) start quickly.
+nor transformers (``eval.py``, ``python -m vatp.longbench.suite``) start quickly.
 """
 from importlib import import_module
 
 _EXPORTS = {
     "VatpConfig": ".config", "METHODS": ".methods", "BudgetError": ".methods", "VatpSession": ".session",
-    "enable": ".patch", "disable": ".patch", "enabled": ".patch", "session_of": ".patch",
+    "enable": ".attention", "disable": ".attention", "enabled": ".attention", "session_of": ".attention",
 }
 __all__ = sorted(_EXPORTS)
 

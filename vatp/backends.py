@@ -35,6 +35,10 @@ class MaskBackend:
     def apply(self, state: LayerState, keep: torch.Tensor, cache, layer_idx: int) -> None:
         state.keep = keep
 
+    def keep_new_token(self, state: LayerState) -> None:
+        """A step that prunes nothing: the kept set grows by the new token's slot."""
+        state.keep = torch.cat([state.keep, state.keep.new_ones(state.keep.shape[0], 1)], dim=1)
+
     def step_mask(self, state: LayerState) -> torch.Tensor | None:
         return state.keep
 
@@ -117,6 +121,10 @@ class EvictBackend:
         gather = state.slots[None, :, :, None].expand(layer.keys.shape[0], -1, -1, layer.keys.shape[-1])
         cache.layers[layer_idx] = SlotLayer(layer.keys.gather(2, gather), layer.values.gather(2, gather))
         state.slots = torch.arange(index.shape[1], device=kept.device).expand(heads, -1)
+
+    def keep_new_token(self, state: LayerState) -> None:
+        """A step that prunes nothing: the next token is appended (no slot was freed)."""
+        state.next_slot = None
 
     def step_mask(self, state: LayerState) -> torch.Tensor | None:
         return None

@@ -5,11 +5,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .methods import METHODS
-
-BACKENDS = ("mask", "evict")
-SCORINGS = ("eager", "chunked", "fused")
-SCORE_DTYPES = ("model", "float32")
+from .methods import Method, get_method
+from .names import BACKENDS, METHODS, SCORE_DTYPES, SCORINGS, check_choice
 
 
 @dataclass(frozen=True)
@@ -18,13 +15,14 @@ class VatpConfig:
 
     heavy_ratio: budget ratio r in (0, 1]. H2O keeps int(r*L) heavy + int(r*L)
         recent tokens of an L-token prompt (a 2r budget, as in the paper's code).
-    method: "h2o" or "scissorhands" (the paper's ``--h2o`` flag picks H2O).
-    apval: VATP: weight scores by value L1 norms and protect the sinks.
-    sink_len: leading tokens always kept (only with apval, as in the paper).
+    method: a name in :data:`vatp.names.METHODS`: "h2o" or "scissorhands" (the
+        paper's ``--h2o`` flag picks H2O), "streaming" or "snapkv".
+    apval: VATP: weight the method's scores by value L1 norms and protect the sinks.
+    sink_len: leading tokens always kept (with apval, as in the paper, and streaming).
     backend: "mask" (faithful: pruned tokens masked, cache keeps them) or
         "evict" (pruned tokens removed from the cache; same outputs).
     scoring: "eager" (L x L probabilities, the paper's way), "chunked"
-        (SDPA output + column sums in query chunks) or "fused" (SDPA output
+        (eager's arithmetic in chunks of query rows) or "fused" (SDPA output
         and row log-sum-exp + a Triton column-sum kernel; CUDA, needs triton).
         None: eager for the mask backend, chunked for evict.
     chunk_size: query rows per chunk for chunked scoring.
@@ -46,16 +44,14 @@ class VatpConfig:
     def __post_init__(self):
         if not 0.0 < self.heavy_ratio <= 1.0:
             raise ValueError(f"heavy_ratio must be in (0, 1], got {self.heavy_ratio}; 0.25 gives the paper's 50% budget")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)}")
+        check_choice("method", self.method, METHODS)
         if self.sink_len < 0:
             raise ValueError(f"sink_len must be >= 0, got {self.sink_len}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; choose one of {BACKENDS}")
-        if self.scoring is not None and self.scoring not in SCORINGS:
-            raise ValueError(f"unknown scoring {self.scoring!r}; choose one of {SCORINGS}")
-        if self.score_dtype is not None and self.score_dtype not in SCORE_DTYPES:
-            raise ValueError(f"unknown score_dtype {self.score_dtype!r}; choose one of {SCORE_DTYPES}")
+        check_choice("backend", self.backend, BACKENDS)
+        if self.scoring is not None:
+            check_choice("scoring", self.scoring, SCORINGS)
+        if self.score_dtype is not None:
+            check_choice("score_dtype", self.score_dtype, SCORE_DTYPES)
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
@@ -71,7 +67,12 @@ class VatpConfig:
 
     def budget(self, prompt_len: int):
         """The :class:`~vatp.policy.Budget` for a prompt of this length, or a BudgetError that says how to fix it."""
-        return METHODS[self.method].checked_budget(prompt_len, self.heavy_ratio, self.sink_len, self.forces_sinks)
+        return self.scorer.checked_budget(prompt_len, self.heavy_ratio, self.sink_len)
+
+    @property
+    def scorer(self) -> Method:
+        """The method that scores tokens: ``method``, wrapped by VATP's value weighting if ``apval``."""
+        return get_method(self.method, self.apval)
 
     def score_dtype_name(self, model_dtype: torch.dtype) -> str:
         """``score_dtype`` for a model of ``model_dtype``: "model", or "float32" (the default for bfloat16)."""
@@ -80,10 +81,6 @@ class VatpConfig:
     def resolved_score_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         """The dtype scores are computed and accumulated in, for a model of ``model_dtype``."""
         return model_dtype if self.score_dtype_name(model_dtype) == "model" else torch.float32
-
-    @property
-    def forces_sinks(self) -> bool:
-        return self.apval or METHODS[self.method].always_sinks
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

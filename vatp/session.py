@@ -1,8 +1,9 @@
 """VatpSession: per-sample pruning state and the attention call that uses it.
 
-One session per enabled model. For every attention layer it scores the
-prompt at prefill, accumulates scores at each decode step, asks the policy
-which tokens to keep and hands that decision to the backend.
+One session per enabled model. For every attention layer it computes the
+attention, hands the method (``config.scorer``) the attention each token
+received, at prefill and at each decode step, asks the policy which tokens to
+keep, and hands that decision to the backend. It knows no method by name.
 """
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ import torch
 from . import policy, scoring, support
 from .backends import BACKENDS, LayerState
 from .config import VatpConfig
-from .methods import METHODS
 
 
 class VatpSession:
     def __init__(self, config: VatpConfig):
         self.config = config
-        self.method = METHODS[config.method]
+        self.method = config.scorer
         self.backend = BACKENDS[config.backend]()
         self.layers: dict[int, LayerState] = {}
         self.cache = None  # the KV cache of the current forward (evict backend)
@@ -69,14 +69,8 @@ class VatpSession:
                           f"{prompt_len}-token prompt: nothing is pruned (as in the paper's code)", stacklevel=2)
         score_dtype = self.config.resolved_score_dtype(query.dtype)
         out, sums = self._prefill(query, key, value, mask, scaling, self.method.query_window, score_dtype)
-        scores = policy.group_to_kv_heads(sums, kv_heads)  # (kv_heads, L)
-        if self.method.score_divisor != 1.0:
-            scores = scores / self.method.score_divisor
         norms = policy.value_l1_norm(value[0].to(score_dtype))  # (kv_heads, L)
-        if self.config.apval:
-            scores = scores * norms
-        if self.config.forces_sinks:
-            policy.protect_sinks(scores, self.config.sink_len)
+        scores = self.method.prompt_scores(sums, kv_heads, norms, self.config.sink_len)  # (kv_heads, L)
         state = LayerState(scores=scores, value_norms=norms, budget=budget, seen=prompt_len)
         self.layers[layer_idx] = state
         self._decide(layer_idx, state)
@@ -94,11 +88,13 @@ class VatpSession:
             new_value = value[0].gather(1, order[:, -1:, None].expand(-1, -1, value.shape[-1]))
         new_norm = policy.value_l1_norm(new_value.to(state.scores.dtype))
         state.value_norms = torch.cat([state.value_norms, new_norm], dim=1)
-        if self.config.apval:
-            step = step * state.value_norms
-        state.scores = policy.accumulate(state.scores, step)
+        scores = self.method.step_scores(state.scores, step, state.value_norms)
         state.seen += 1
-        self._decide(layer_idx, state)
+        if scores is None:  # the method prunes nothing while decoding
+            self.backend.keep_new_token(state)
+        else:
+            state.scores = scores
+            self._decide(layer_idx, state)
         return out, None
 
     def _decide(self, layer_idx: int, state: LayerState) -> None:

@@ -1,10 +1,13 @@
-"""What a token-importance method is: a prefill score and a budget rule."""
+"""What a token-importance method is: how it scores the prompt and each decode step, and its budget."""
 from __future__ import annotations
 
 import math
 from decimal import ROUND_CEILING, Decimal
 
-from ..policy import Budget
+import torch
+
+from ..names import method_label
+from ..policy import Budget, accumulate, group_to_kv_heads
 
 
 class BudgetError(ValueError):
@@ -12,27 +15,54 @@ class BudgetError(ValueError):
 
 
 class Method:
-    """A token-importance rule, as the paper's code parameterises it.
+    """A token-importance rule: what the session asks of a method.
 
-    The prefill score of key ``j`` is the attention it receives, summed over
-    the last ``query_window`` prompt queries (all of them if ``None``) and
-    divided by ``score_divisor``. Decode steps add each new query's attention.
-    Subclasses set the class attributes and implement :meth:`budget`.
+    At prefill the session computes the attention each key receives, summed
+    over the last ``query_window`` prompt queries (all of them if ``None``),
+    and hands it to :meth:`prompt_scores`. At each decode step it hands the
+    new query's attention to :meth:`step_scores`. The policy then keeps the
+    best scores within :meth:`budget`. Subclasses set ``name`` (their entry
+    in :data:`vatp.names.METHODS`) and ``query_window`` and implement
+    :meth:`budget`; the default scores are H2O's: attention accumulated.
     """
 
     name: str = ""
     query_window: int | None = None
-    score_divisor: float = 1.0
-    # StreamingLLM-style methods keep sinks whatever ``apval`` says.
-    always_sinks: bool = False
+    # Whether the first ``sink_len`` tokens are always kept (VATP, StreamingLLM); the budget must hold them.
+    protects_sinks: bool = False
+
+    @property
+    def label(self) -> str:
+        return method_label(self.name)
+
+    def prompt_scores(self, sums: torch.Tensor, kv_heads: int, norms: torch.Tensor, sink_len: int) -> torch.Tensor:
+        """Scores of the prompt's tokens: sums (heads, L), norms (kv_heads, L) -> (kv_heads, L).
+
+        ``sums`` is the attention each key received from the scored queries,
+        per query head; ``norms`` the L1 norms of the value vectors.
+        """
+        return group_to_kv_heads(sums, kv_heads)
+
+    def step_scores(self, scores: torch.Tensor, step: torch.Tensor, norms: torch.Tensor) -> torch.Tensor | None:
+        """Scores after a decode step: scores (kv_heads, K), step and norms (kv_heads, K+1) -> (kv_heads, K+1).
+
+        ``step`` is the new query's attention, oldest token first; the last
+        column is the new token. ``None``: this method prunes nothing while
+        decoding, and the new token is kept.
+        """
+        return accumulate(scores, step)
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         """The budget for ``ratio``; :meth:`min_ratio` relies on it depending only on ``n = int(ratio * prompt_len)``
         and on a larger ``n >= 1`` never breaking a budget that works."""
         raise NotImplementedError
 
-    def checked_budget(self, prompt_len: int, ratio: float, sink_len: int, sinks: bool) -> Budget:
-        """The budget for this prompt, or a :class:`BudgetError` that says how to fix it."""
+    def checked_budget(self, prompt_len: int, ratio: float, sink_len: int = 0, sinks: bool | None = None) -> Budget:
+        """The budget for this prompt, or a :class:`BudgetError` that says how to fix it.
+
+        ``sinks``: whether the ``sink_len`` sinks must fit the heavy budget (default: :attr:`protects_sinks`).
+        """
+        sinks = self.protects_sinks if sinks is None else sinks
         budget = self.budget(prompt_len, ratio, sink_len)
         fault = _fault(budget, sink_len, sinks)
         if fault is None:
@@ -56,7 +86,7 @@ class Method:
         raise BudgetError(f"{self.name}: sink_len {sink_len} exceeds the heavy budget ({budget.heavy}) for {prompt}, "
                           f"so the sinks alone overflow it; {lower}{fix}")
 
-    def min_ratio(self, prompt_len: int, sink_len: int = 0, sinks: bool = False,
+    def min_ratio(self, prompt_len: int, sink_len: int = 0, sinks: bool | None = None,
                   refused: float | None = None) -> float | None:
         """The smallest float ``r`` such that :meth:`checked_budget` accepts every ratio in ``[r, 1]``.
 
@@ -68,6 +98,8 @@ class Method:
         smallest float that gives it. ``refused``, a ratio known to be refused, only speeds this up:
         the search starts above it.
         """
+        sinks = self.protects_sinks if sinks is None else sinks
+
         def works(n: int) -> bool:
             return _fault(self.budget(prompt_len, _ratio_for(n, prompt_len), sink_len), sink_len, sinks) is None
 

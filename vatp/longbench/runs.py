@@ -51,7 +51,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .shard import (HOST, LONGBENCH_KEYS, PredictionWriter, RunIOError, atomic_write_bytes, check_predictions,
+from .prediction_files import (HOST, LONGBENCH_KEYS, PredictionWriter, RunIOError, atomic_write_bytes, check_predictions,
                     done_ids, final_path, merge_parts, open_locked, part_path, part_paths, pid_alive,
                     prediction_record, remove_predictions, repair, sample_ids, shard_indices)
 

@@ -1,12 +1,12 @@
 """Figures of one attention layer on one prompt, and the CLI that writes them as PNGs.
 
-    python -m vatp.figures --model smollm2-135m-instruct --layer 2 --head 0 --out figs
+    python -m vatp.analysis.figures --model smollm2-135m-instruct --layer 2 --head 0 --out figs
         [--prompt-file F] [--heavy_ratio 0.25 --sink_len 4] [--dtype float32 --device cpu]
 
 writes ``value_norms.png`` (value L1 norm per token, sinks highlighted),
 ``attention.png`` (log-scale attention heatmap of one query head) and
 ``kept_tokens.png`` (which tokens H2O and H2O+VATP keep at the same budget).
-The data come from :mod:`vatp.inspect`; each function here takes it and
+The data come from :mod:`vatp.analysis.probe`; each function here takes it and
 returns a matplotlib ``Figure`` (built without pyplot, so it renders with
 Agg anywhere and the notebook shows it inline).
 """
@@ -22,8 +22,8 @@ from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from . import inspect
-from .longbench import DTYPE_NAMES
+from . import probe
+from ..names import DTYPE_NAMES
 
 # The language reference's "global" topic: ~350 tokens of real English prose.
 DEFAULT_TOPIC = "global"
@@ -107,14 +107,14 @@ def kept_tokens_figure(kept: dict[str, torch.Tensor], sink_len: int, title: str 
 def make_figures(model, tokenizer, prompt: str, layer: int, head: int,
                  heavy_ratio: float = 0.25, sink_len: int = 4) -> dict[str, Figure]:
     """All three figures for one prompt, layer and query head: file stem -> Figure."""
-    ids = inspect.encode(tokenizer, prompt)  # (1, L)
-    kv = inspect.kv_head_of(model, head)
+    ids = probe.encode(tokenizer, prompt)  # (1, L)
+    kv = probe.kv_head_of(model, head)
     where = f"layer {layer}, query head {head} (KV head {kv}), {ids.shape[1]} tokens"
-    kept = {label: inspect.kept_tokens(model, ids, layer, **settings)[kv]
+    kept = {label: probe.kept_tokens(model, ids, layer, **settings)[kv]
             for label, settings in compared_methods(heavy_ratio, sink_len).items()}
-    norms = inspect.value_norms(model, ids, layer)[kv]  # (L,)
-    probs = inspect.attention_probs(model, ids, layer)[head]  # (L, L)
-    tokens = inspect.token_strings(tokenizer, ids)
+    norms = probe.value_norms(model, ids, layer)[kv]  # (L,)
+    probs = probe.attention_probs(model, ids, layer)[head]  # (L, L)
+    tokens = probe.token_strings(tokenizer, ids)
     return {
         "value_norms": value_norms_figure(norms, tokens, sink_len, f"Value L1 norm per token: {where}"),
         "attention": attention_figure(probs, f"Attention: {where}"),
@@ -140,9 +140,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from .longbench import resolve_model
-    from .methods import BudgetError
-    from .models import ModelLoadError, load_model_and_tokenizer
+    from ..longbench.data import resolve_model
+    from ..methods import BudgetError
+    from ..longbench.models import ModelLoadError, load_model_and_tokenizer
 
     args = parse_args(argv)
     try:

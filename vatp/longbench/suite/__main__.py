@@ -1,4 +1,4 @@
-"""Command line: python -m vatp.suite --out DIR [--tasks ...] [--samples N] [--tokens ...] [--seed S]."""
+"""Command line: python -m vatp.longbench.suite --out DIR [--tasks ...] [--samples N] [--tokens ...] [--seed S]."""
 
 import argparse
 import json
@@ -10,7 +10,7 @@ from .record import CHARS_PER_TOKEN
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m vatp.suite",
+        prog="python -m vatp.longbench.suite",
         description="Write the offline task suite (LongBench jsonl) from text shipped with Python.")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))

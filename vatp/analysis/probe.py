@@ -1,6 +1,6 @@
 """Look inside one attention layer on one prompt: probabilities, value norms, kept tokens.
 
-Shared by ``visual.ipynb`` and ``python -m vatp.figures``. Every function runs
+Shared by ``visual.ipynb`` and ``python -m vatp.analysis.figures``. Every function runs
 the model only up to the chosen layer's attention (later layers cannot change
 it) and stops there, so a look at layer 2 of a 30-layer model costs a tenth
 of a forward. The model must not be VATP-enabled; each function leaves it as
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
-from . import patch, policy
+from .. import attention, policy
 
 
 class _Stop(Exception):
@@ -69,7 +69,7 @@ def forward_through(model, input_ids: torch.Tensor, layer: int, capture=None):
 
 
 def _not_enabled(model) -> None:
-    if patch.session_of(model) is not None:
+    if attention.session_of(model) is not None:
         raise ValueError("the model is VATP-enabled: call vatp.disable(model) before inspecting it")
 
 
@@ -127,7 +127,7 @@ def kept_tokens(model, input_ids: torch.Tensor, layer: int, **settings) -> torch
     backend, and the answer is its keep mask without the incoming-token slot.
     """
     _not_enabled(model)
-    with patch.enabled(model, backend="mask", **settings) as session:
+    with attention.enabled(model, backend="mask", **settings) as session:
         forward_through(model, input_ids, layer)
         keep = session.layers[layer].keep  # (kv_heads, L + 1)
     return keep[:, :-1].cpu()

@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from vatp.metrics import BUCKETS, score_dataset, score_dataset_e
+from vatp.longbench.metrics import BUCKETS, score_dataset, score_dataset_e
 
 RESULT_NAME = "result.json"
 

@@ -1,6 +1,6 @@
 """Compare methods on LongBench: a markdown table and a bar chart from eval.py's result.json files.
 
-    python -m vatp.report --run "Full cache=pred_full/MODEL" --run "H2O=pred_h2o/MODEL" --out report
+    python -m vatp.analysis.report --run "Full cache=pred_full/MODEL" --run "H2O=pred_h2o/MODEL" --out report
 
 Each ``--run LABEL=FOLDER`` names a folder holding the ``result.json`` that
 ``eval.py`` wrote: dataset -> score, or (``--e``) dataset -> {"0-4k": s|null,
@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .evaluate import RESULT_NAME
-from .metrics import BUCKETS
+from ..longbench.evaluate import RESULT_NAME
+from ..longbench.metrics import BUCKETS
 
 MARK = "†"  # flags an Average taken over fewer datasets than the table has
 

@@ -1,0 +1,38 @@
+"""VATP, the paper's contribution, as a modifier that any method can take.
+
+Guo, Kamigaito, Watanabe, "Attention Score is not All You Need for Token
+Importance Indicator in KV Cache Reduction: Value Also Matters", EMNLP 2024,
+Sec. 3: a token's importance is its method's attention score times the L1
+norm of its value vector, at prefill and at every decode step, and the first
+``sink_len`` tokens are always kept (attention sinks draw large attention
+but carry small values, so the product would drop them).
+"""
+from __future__ import annotations
+
+from ..names import method_label
+from ..policy import Budget, protect_sinks
+from .base import Method
+
+
+class ValueAware(Method):
+    """``inner``'s scores weighted by value L1 norms, with the sinks protected; ``inner``'s budget."""
+
+    protects_sinks = True
+
+    def __init__(self, inner: Method):
+        self.inner = inner
+        self.name = inner.name
+        self.query_window = inner.query_window
+
+    @property
+    def label(self) -> str:
+        return method_label(self.name, apval=True)
+
+    def prompt_scores(self, sums, kv_heads, norms, sink_len):
+        return protect_sinks(self.inner.prompt_scores(sums, kv_heads, norms, sink_len) * norms, sink_len)
+
+    def step_scores(self, scores, step, norms):
+        return self.inner.step_scores(scores, step * norms, norms)
+
+    def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
+        return self.inner.budget(prompt_len, ratio, sink_len)

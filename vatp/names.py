@@ -1,0 +1,33 @@
+"""Every name a user types, defined once: methods, backends, scorings, dtypes, and their labels.
+
+pred.py checks its flags against these before it imports torch, so this module
+imports nothing. A method is registered by one line in :data:`METHODS`; its
+file is ``vatp/methods/{name}.py``.
+"""
+from __future__ import annotations
+
+# name -> label. The registry of token-importance methods (loaded by vatp.methods).
+METHODS = {
+    "h2o": "H2O",
+    "scissorhands": "Scissorhands",
+    "streaming": "StreamingLLM",
+    "snapkv": "SnapKV",
+}
+# The paper's modifier, applicable to any method: it weights scores by value L1 norms.
+VALUE_AWARE = "VATP"
+BACKENDS = ("mask", "evict")  # how a keep decision is applied (vatp.backends)
+SCORINGS = ("eager", "chunked", "fused")  # how the prompt's attention is scored (vatp.scoring, vatp.fused)
+SCORE_DTYPES = ("model", "float32")  # the arithmetic of the scores
+DTYPE_NAMES = ("bfloat16", "float16", "float32")  # model dtypes
+
+
+def method_label(method: str, apval: bool = False) -> str:
+    """``"H2O"``, ``"H2O+VATP"``, ...: how reports, progress bars and run records name a method."""
+    return METHODS[method] + (f"+{VALUE_AWARE}" if apval else "")
+
+
+def check_choice(kind: str, value: str, choices) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError that lists them."""
+    if value not in choices:
+        raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(choices)}")
+    return value
