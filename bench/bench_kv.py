@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from vatp.longbench import DTYPE_NAMES  # no torch import
+from vatp.names import DTYPE_NAMES  # no torch import
 
 MODES = ("full", "mask", "evict")
 SHAPES = {"llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,

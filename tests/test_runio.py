@@ -167,9 +167,9 @@ def test_sample_ids_fall_back_to_index_and_stay_unique():
 CHILD = r'''
 """Write predictions slowly with PredictionWriter, then merge; killed by the test at random moments."""
 import importlib.util, os, signal, sys, time
-spec = importlib.util.spec_from_file_location("shard", sys.argv[1])  # by path: skips vatp/__init__'s torch import
-shard = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(shard)
+spec = importlib.util.spec_from_file_location("prediction_files", sys.argv[1])  # by path: skips vatp/__init__
+prediction_files = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(prediction_files)
 out, mode, n, rank, world = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 if len(sys.argv) > 7:  # SIGKILL itself half way through the line of index argv[7]: a write cut short, for sure
     cut_end, real_write = b'"index": %d}\n' % int(sys.argv[7]), os.write
