@@ -4,15 +4,22 @@
     python scripts/study.py --out study_gpu --tokens 4000 8000 --samples 20 --device cuda
 
 For each context length it builds the offline suite, then runs pred.py and
-eval.py for: the full cache; H2O, H2O+VATP, Scissorhands, Scissorhands+VATP
-and a StreamingLLM-style baseline (sinks + recent) at budgets of 20%, 35% and
-50% of the prompt (heavy_ratio = budget / 2). Finished runs are reused:
-pred.py resumes a run, and one whose result.json is newer than its
-predictions is skipped; ``--report_only`` runs nothing and reports the
-finished points (missing ones are listed). Writes ``OUT/study.md`` (a table per length and
-budget, and VATP's per-task win/tie/loss count against its baseline), a
-report (``vatp.analysis.report``) per length and budget, and ``OUT/averages.png``
-(average score against budget, per length).
+eval.py for: the full cache; H2O, H2O+VATP, Scissorhands, Scissorhands+VATP,
+SnapKV, SnapKV+VATP and a StreamingLLM-style baseline (sinks + recent) at
+budgets of 20%, 35% and 50% of the prompt (heavy_ratio = budget / 2). Finished
+runs are reused: pred.py resumes a run, and one whose result.json is newer than
+its predictions is skipped; ``--report_only`` runs nothing and reports the
+finished points (missing ones are listed).
+
+Each VATP variant is compared with its baseline on the same prompts
+(``vatp.analysis.paired``): the mean per-sample score difference with a paired
+bootstrap 95% interval, per task and for the task average; a win or loss only
+when the interval excludes 0. Writes ``OUT/study.md`` (per length and budget:
+the scores and the paired differences; then VATP's per-task win/tie/loss count
+against its baseline), a report (``vatp.analysis.report``) per length and
+budget, ``OUT/averages.png`` (average score against budget, per length, with
+bootstrap 95% error bars over prompts), ``OUT/scores.json`` and
+``OUT/intervals.json`` (the intervals behind the tables and error bars).
 """
 from __future__ import annotations
 
@@ -24,7 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from vatp.analysis.report import load_run, markdown_table, write_report
+from vatp.analysis.paired import AVERAGE, PairingError, paired_comparison, score_intervals, verdict
+from vatp.analysis.report import load_run, load_samples, markdown_table, paired_caption, paired_table, write_report
 
 TASKS = ["offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify"]
 METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it weights
@@ -33,8 +41,11 @@ METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it wei
     "scissorhands": ("Scissorhands", []),
     "scissorhands_vatp": ("Scissorhands+VATP", ["--apval"]),
     "streaming": ("StreamingLLM", ["--method", "streaming"]),
+    "snapkv": ("SnapKV", ["--method", "snapkv"]),
+    "snapkv_vatp": ("SnapKV+VATP", ["--method", "snapkv", "--apval"]),
 }
-PAIRS = [("h2o", "h2o_vatp"), ("scissorhands", "scissorhands_vatp")]
+PAIRS = [("h2o", "h2o_vatp"), ("scissorhands", "scissorhands_vatp"), ("snapkv", "snapkv_vatp")]
+COLOURS = {"h2o": "C0", "scissorhands": "C2", "streaming": "C4", "snapkv": "C1"}  # a method and its VATP share one
 
 
 def run(cmd: list[str]) -> None:
@@ -58,29 +69,54 @@ def predict(args, data: Path, save: Path, flags: list[str]) -> Path | None:
     return folder
 
 
-def win_loss(scores: dict, tokens: list[int], budgets: list[float]) -> list[str]:
-    """Per task, VATP against its baseline: wins, ties, losses over all lengths and budgets."""
-    lines = ["| pair | task | wins | ties | losses |", "|---|---|---|---|---|"]
-    total = {}
+def pair_label(base: str, vatp: str) -> str:
+    """``"H2O+VATP vs H2O"``."""
+    return f"{METHODS[vatp][0]} vs {METHODS[base][0]}"
+
+
+def compare_pairs(samples: dict) -> tuple[dict, list[str]]:
+    """Paired comparison of every pair whose two runs are in ``samples`` (name -> task -> {id: score}).
+
+    Returns ((base, vatp) -> task/Average -> Interval, and a note per pair whose runs hold different samples).
+    """
+    comparisons, problems = {}, []
     for base, vatp in PAIRS:
-        for task in TASKS + ["Average"]:
-            w = t = l = 0
-            for n in tokens:
-                for b in budgets:
-                    x, y = scores.get((n, b, base), {}).get(task), scores.get((n, b, vatp), {}).get(task)
-                    if x is None or y is None:
-                        continue
-                    w, t, l = w + (y > x), t + (y == x), l + (y < x)
-            lines.append(f"| {METHODS[vatp][0]} vs {METHODS[base][0]} | {task} | {w} | {t} | {l} |")
-            if task != "Average":
-                total[base] = [a + c for a, c in zip(total.get(base, [0, 0, 0]), (w, t, l))]
-        lines.append(f"| {METHODS[vatp][0]} vs {METHODS[base][0]} | **all tasks** | {total[base][0]} | "
-                     f"{total[base][1]} | {total[base][2]} |")
+        if base in samples and vatp in samples:
+            try:
+                comparisons[(base, vatp)] = paired_comparison(samples[base], samples[vatp])
+            except PairingError as err:
+                problems.append(f"{pair_label(base, vatp)}: {err}")
+    return comparisons, problems
+
+
+def verdict_counts(comparisons: dict, tokens: list[int], budgets: list[float]) -> list[str]:
+    """Per task, VATP against its baseline: wins, ties, losses (by the paired interval) over all
+    lengths and budgets, for each pair compared at least once; ``comparisons`` maps
+    (tokens, budget, base, vatp) -> task/Average -> Interval."""
+    lines = ["| pair | task | wins | ties | losses |", "|---|---|---|---|---|"]
+    for base, vatp in PAIRS:
+        found = [comparisons[(n, b, base, vatp)] for n in tokens for b in budgets if (n, b, base, vatp) in comparisons]
+        if not found:
+            continue
+        tasks = list(dict.fromkeys(t for c in found for t in c if t != AVERAGE))
+        total = [0, 0, 0]
+        for task in tasks + [AVERAGE]:
+            verdicts = [verdict(c[task]) for c in found if task in c]
+            counts = [verdicts.count(v) for v in ("win", "tie", "loss")]
+            lines.append(f"| {pair_label(base, vatp)} | {task} | {counts[0]} | {counts[1]} | {counts[2]} |")
+            if task != AVERAGE:
+                total = [a + c for a, c in zip(total, counts)]
+        lines.append(f"| {pair_label(base, vatp)} | **all tasks** | {total[0]} | {total[1]} | {total[2]} |")
     return lines
 
 
-def averages_chart(scores: dict, tokens: list[int], budgets: list[float], path: Path) -> None:
-    """Average score against budget, one panel per context length; the full cache as a black line."""
+def averages_chart(scores: dict, intervals: dict, tokens: list[int], budgets: list[float], path: Path) -> None:
+    """Average score against budget, one panel per context length; the full cache as a black line.
+
+    ``intervals`` maps (tokens, budget, name) -> the Interval of that run's average; it draws
+    the error bars (methods are nudged sideways so that the bars do not overlap) and the
+    full cache's grey band.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,19 +125,92 @@ def averages_chart(scores: dict, tokens: list[int], budgets: list[float], path: 
     fig, axes = plt.subplots(1, len(tokens), figsize=(5 * len(tokens) + 2, 3.8), sharey=True, squeeze=False,
                              layout="constrained")
     for ax, n in zip(axes[0], tokens):
-        for name, (label, _) in METHODS.items():
-            pts = [(100 * b, scores[(n, b, name)]["Average"]) for b in budgets if (n, b, name) in scores]
-            family = name.removesuffix("_vatp")  # a method and its VATP variant share a colour
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label,
-                    color={"h2o": "C0", "scissorhands": "C2", "streaming": "C4"}[family],
-                    linestyle="-" if name.endswith("_vatp") else "--" if family != "streaming" else ":")
+        for i, (name, (label, _)) in enumerate(METHODS.items()):
+            keys = [(n, b, name) for b in budgets if (n, b, name) in scores]
+            x = [100 * b + 0.6 * (i - (len(METHODS) - 1) / 2) for _, b, _ in keys]
+            y = [scores[k][AVERAGE] for k in keys]
+            yerr = [[max(0.0, scores[k][AVERAGE] - intervals[k].low) for k in keys],
+                    [max(0.0, intervals[k].high - scores[k][AVERAGE]) for k in keys]]
+            family, vatp = name.removesuffix("_vatp"), name.endswith("_vatp")
+            ax.errorbar(x, y, yerr=yerr, marker="o", capsize=2, label=label, color=COLOURS[family],
+                        markerfacecolor=None if vatp else "white",  # filled: VATP; hollow: its baseline
+                        linestyle="-" if vatp else "--" if family != "streaming" else ":")
         if (n, 1.0, "full") in scores:
-            ax.axhline(scores[(n, 1.0, "full")]["Average"], color="black", linewidth=1, label="Full cache")
+            ax.axhline(scores[(n, 1.0, "full")][AVERAGE], color="black", linewidth=1, label="Full cache")
+            ax.axhspan(intervals[(n, 1.0, "full")].low, intervals[(n, 1.0, "full")].high, color="black", alpha=0.08)
         ax.set_title(f"~{n}-token contexts")
         ax.set_xlabel("KV budget, % of the prompt")
-    axes[0][0].set_ylabel("average score")
+    axes[0][0].set_ylabel("average score (95% CI over prompts)")
     fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="outside right center")
     fig.savefig(path, dpi=110)
+
+
+def interval_json(interval) -> dict:
+    """An Interval as JSON."""
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high}
+
+
+class Findings:
+    """What the grid found, keyed by (tokens, budget, name) or, for comparisons, (tokens, budget, base, vatp)."""
+
+    def __init__(self):
+        self.scores = {}  # -> task/Average -> score (as result.json and the report)
+        self.intervals = {}  # -> Interval of the run's average
+        self.comparisons = {}  # -> task/Average -> Interval of VATP - baseline
+        self.sections = []  # study.md's section per length and budget
+        self.missing = []  # points not run
+        self.problems = []  # pairs whose runs hold different samples
+
+    def add_run(self, key: tuple, run, samples: dict) -> None:
+        """Record one finished run: its scores and the interval of its average."""
+        self.scores[key] = {**run.scores, AVERAGE: run.average()}
+        self.intervals[key] = score_intervals(samples)[AVERAGE]
+
+
+def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found: Findings) -> None:
+    """Run (or reuse) every method at ~n tokens and budget b; add its scores, comparisons and section."""
+    runs, samples = [full_run] if full_run else [], {}
+    for name, (label, flags) in METHODS.items():
+        sink = ["--sink_len", str(args.sink_len)] if "--apval" in flags or name == "streaming" else []
+        folder = predict(args, data, out / f"t{n}" / f"{name}_b{b}", ["--heavy_ratio", str(b / 2), *flags, *sink])
+        if folder is None:
+            found.missing.append(f"{label} at ~{n} tokens, {round(100 * b)}% budget")
+            continue
+        runs.append(load_run(label, folder))
+        samples[name] = load_samples(folder)
+        found.add_run((n, b, name), runs[-1], samples[name])
+    if not runs:
+        return
+    comparisons, problems = compare_pairs(samples)
+    found.problems += [f"~{n} tokens, {round(100 * b)}% budget, {p}" for p in problems]
+    found.comparisons |= {(n, b, *pair): c for pair, c in comparisons.items()}
+    paired = [(pair_label(*pair), c) for pair, c in comparisons.items()]
+    write_report(runs, out / f"report_t{n}_b{b}", paired)
+    found.sections.append(f"### ~{n}-token contexts, {round(100 * b)}% budget\n\n{markdown_table(runs)}\n\n"
+                          + (f"{paired_table(paired)}\n\n" if paired else "")
+                          + f"![chart](report_t{n}_b{b}/report.png)\n")
+
+
+def study_text(args, command: str, found: Findings) -> str:
+    """study.md: the averages chart, a section per length and budget, the verdict counts, what is missing."""
+    return (f"# Study: {args.model}, {args.samples} samples per task and length, sink_len {args.sink_len}, "
+            f"backend {args.backend}\n\nCommand: `python scripts/study.py {command}`\n\n"
+            + ("![averages](averages.png)\n\nError bars: bootstrap 95% interval of each run's average over its "
+               "prompts (each task's prompts resampled separately).\n\n" if found.scores else "")
+            + f"Below each score table: {paired_caption()}\n\n" + "\n".join(found.sections)
+            + "\n### VATP against its baseline, per task (all lengths and budgets, by the paired interval)\n\n"
+            + "\n".join(verdict_counts(found.comparisons, args.tokens, args.budgets)) + "\n"
+            + ("\nNot run: " + "; ".join(found.missing) + ".\n" if found.missing else "")
+            + ("\nNot compared: " + "; ".join(found.problems) + "\n" if found.problems else ""))
+
+
+def intervals_json(found: Findings) -> str:
+    """intervals.json: each run's average and each comparison, with their intervals."""
+    return json.dumps({
+        "averages": {f"{n}|{b}|{m}": interval_json(iv) for (n, b, m), iv in found.intervals.items()},
+        "paired": {f"{n}|{b}|{base}|{vatp}": {task: {**interval_json(iv), "verdict": verdict(iv)}
+                                               for task, iv in c.items()}
+                   for (n, b, base, vatp), c in found.comparisons.items()}}, indent=1)
 
 
 def main(argv=None) -> int:
@@ -117,7 +226,7 @@ def main(argv=None) -> int:
     p.add_argument("--report_only", action="store_true", help="run nothing; report the finished points")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
-    scores, sections, missing = {}, [], []
+    found = Findings()
     for n in args.tokens:
         data = out / f"data_{n}"
         if not args.report_only:
@@ -126,33 +235,16 @@ def main(argv=None) -> int:
         full = predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])
         full_run = load_run("Full cache", full) if full else None
         if full_run:
-            scores[(n, 1.0, "full")] = {**full_run.scores, "Average": full_run.average()}
+            found.add_run((n, 1.0, "full"), full_run, load_samples(full))
         for b in args.budgets:
-            runs = [full_run] if full_run else []
-            for name, (label, flags) in METHODS.items():
-                sink = ["--sink_len", str(args.sink_len)] if "--apval" in flags or name == "streaming" else []
-                folder = predict(args, data, out / f"t{n}" / f"{name}_b{b}",
-                                 ["--heavy_ratio", str(b / 2), *flags, *sink])
-                if folder is None:
-                    missing.append(f"{label} at ~{n} tokens, {round(100 * b)}% budget")
-                    continue
-                runs.append(load_run(label, folder))
-                scores[(n, b, name)] = {**runs[-1].scores, "Average": runs[-1].average()}
-            if not runs:
-                continue
-            write_report(runs, out / f"report_t{n}_b{b}")
-            sections.append(f"### ~{n}-token contexts, {round(100 * b)}% budget\n\n{markdown_table(runs)}\n\n"
-                            f"![chart](report_t{n}_b{b}/report.png)\n")
-    if scores:
-        averages_chart(scores, args.tokens, args.budgets, out / "averages.png")
-    text = (f"# Study: {args.model}, {args.samples} samples per task and length, sink_len {args.sink_len}, "
-            f"backend {args.backend}\n\nCommand: `python scripts/study.py {' '.join(argv or sys.argv[1:])}`\n\n"
-            + ("![averages](averages.png)\n\n" if scores else "") + "\n".join(sections)
-            + "\n### VATP against its baseline, per task (all lengths and budgets)\n\n"
-            + "\n".join(win_loss(scores, args.tokens, args.budgets)) + "\n"
-            + ("\nNot run: " + "; ".join(missing) + ".\n" if missing else ""))
+            budget_point(args, data, out, n, b, full_run, found)
+    if found.scores:
+        averages_chart(found.scores, found.intervals, args.tokens, args.budgets, out / "averages.png")
+    text = study_text(args, " ".join(argv or sys.argv[1:]), found)
     (out / "study.md").write_text(text)
-    (out / "scores.json").write_text(json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in scores.items()}, indent=1))
+    (out / "scores.json").write_text(json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in found.scores.items()},
+                                                indent=1))
+    (out / "intervals.json").write_text(intervals_json(found))
     print(text)
     return 0
 

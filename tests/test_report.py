@@ -108,3 +108,43 @@ def test_bad_run_spec_is_an_error(tmp_path, capsys, spec):
 def test_duplicate_labels_are_an_error(runs, tmp_path, capsys):
     assert report.main(_args([runs[0], runs[0]], tmp_path / "out")) == 1
     assert "labels must differ" in capsys.readouterr().err
+
+
+def _predictions(folder: Path, preds: list[str]) -> str:
+    """FOLDER with a qasper prediction file (sample q-i answered preds[i], answer "blue") and its result.json."""
+    from vatp.longbench.evaluate import evaluate, write_results
+
+    folder.mkdir(parents=True)
+    lines = [{"pred": p, "answers": ["blue"], "all_classes": None, "length": 1, "_id": f"q-{i}", "index": i}
+             for i, p in enumerate(preds)]
+    (folder / "qasper.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    write_results(folder, evaluate(folder, longbench_e=False))
+    return str(folder)
+
+
+def test_pair_adds_the_paired_interval(tmp_path, capsys):
+    base = _predictions(tmp_path / "h2o", ["blue", "red", "red", "blue"])
+    same = _predictions(tmp_path / "vatp", ["blue", "red", "red", "blue"])
+    better = _predictions(tmp_path / "better", ["blue"] * 4)
+    args = ["--run", f"H2O={base}", "--run", f"H2O+VATP={same}", "--run", f"Other={better}",
+            "--pair", "H2O+VATP=H2O", "--pair", "Other = H2O", "--out", str(tmp_path / "out")]
+    assert report.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| Comparison | qasper | Average |" in printed
+    assert "| H2O+VATP vs H2O | +0.00 [+0.00, +0.00] tie | +0.00 [+0.00, +0.00] tie |" in printed
+    # differences (0, 100, 100, 0): a resample of 4 holds no 100 with probability 1/16 > 2.5%, only 100s likewise
+    row = next(line for line in printed.splitlines() if line.startswith("| Other vs H2O |"))
+    assert row.startswith("| Other vs H2O | +50.00 [+0.00, +100.00] tie |")
+    assert "10,000 resamples, seed 0" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+
+
+def test_pair_errors(tmp_path, capsys):
+    base = _predictions(tmp_path / "a", ["blue", "red"])
+    fewer = _predictions(tmp_path / "b", ["blue"])
+    out = str(tmp_path / "out")
+    assert report.main(["--run", f"A={base}", "--run", f"B={fewer}", "--pair", "B=C", "--out", out]) == 1
+    assert "--pair 'B=C' names 'C', not a --run label" in capsys.readouterr().err
+    assert report.main(["--run", f"A={base}", "--run", f"B={fewer}", "--pair", "B", "--out", out]) == 1
+    assert "must be LABEL=BASELINE" in capsys.readouterr().err
+    assert report.main(["--run", f"A={base}", "--run", f"B={fewer}", "--pair", "B=A", "--out", out]) == 1
+    assert "do not hold the same samples on qasper: only the baseline has 'q-1'" in capsys.readouterr().err

@@ -1,9 +1,13 @@
-"""The study scripts: win/tie/loss count, averages chart (made-up scores), kept-set diagnostic."""
+"""The study scripts: verdict count, averages chart (made-up scores), a report-only study of made-up runs,
+kept-set diagnostic."""
 import importlib.util
+import json
 
 import pytest
 
 from conftest import REPO
+from vatp.analysis.paired import AVERAGE, Interval
+from vatp.longbench.evaluate import evaluate, write_results
 
 
 def _study():
@@ -14,33 +18,93 @@ def _study():
 
 
 def _scores(study, h2o, h2o_vatp):
-    """Two lengths x one budget; every task scores the same except offline_qa."""
-    scores = {}
+    """Two lengths x one budget; every task scores the same except offline_qa; and each run's average interval."""
+    scores, intervals = {}, {}
     for n in (1000, 1500):
         for name, qa in (("h2o", h2o[n]), ("h2o_vatp", h2o_vatp[n]), ("scissorhands", 10.0),
-                         ("scissorhands_vatp", 10.0), ("streaming", 5.0), ("full", 30.0)):
+                         ("scissorhands_vatp", 10.0), ("streaming", 5.0), ("snapkv", 12.0), ("snapkv_vatp", 11.0),
+                         ("full", 30.0)):
             tasks = {t: 20.0 for t in study.TASKS} | {"offline_qa": qa}
-            scores[(n, 1.0 if name == "full" else 0.5, name)] = tasks | {"Average": sum(tasks.values()) / 5}
-    return scores
+            key = (n, 1.0 if name == "full" else 0.5, name)
+            scores[key] = tasks | {AVERAGE: sum(tasks.values()) / 5}
+            intervals[key] = Interval(scores[key][AVERAGE], scores[key][AVERAGE] - 2, scores[key][AVERAGE] + 3)
+    return scores, intervals
 
 
-def test_win_loss_counts_each_task_and_the_average():
+TIE, WIN, LOSS = Interval(1.0, -1.0, 3.0), Interval(4.0, 1.0, 7.0), Interval(-4.0, -7.0, -1.0)
+
+
+def test_verdict_counts_use_the_paired_interval():
     study = _study()
-    lines = study.win_loss(_scores(study, {1000: 10.0, 1500: 12.0}, {1000: 15.0, 1500: 12.0}), [1000, 1500], [0.5])
+    tasks = {t: TIE for t in study.TASKS}
+    comparisons = {
+        (1000, 0.5, "h2o", "h2o_vatp"): tasks | {"offline_qa": WIN, AVERAGE: WIN},
+        (1500, 0.5, "h2o", "h2o_vatp"): tasks | {"offline_qa": LOSS, "offline_code": WIN, AVERAGE: TIE},
+        (1000, 0.5, "scissorhands", "scissorhands_vatp"): tasks | {AVERAGE: TIE},
+    }
+    lines = study.verdict_counts(comparisons, [1000, 1500], [0.5])
     rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line.split("|")[3:6] for line in lines[2:]}
     count = lambda pair, task: [int(c) for c in rows[(pair, task)]]
-    assert count("H2O+VATP vs H2O", "offline_qa") == [1, 1, 0]  # better at 1000, equal at 1500
-    assert count("H2O+VATP vs H2O", "offline_code") == [0, 2, 0]
+    assert count("H2O+VATP vs H2O", "offline_qa") == [1, 0, 1]  # a win at 1000 tokens, a loss at 1500
+    assert count("H2O+VATP vs H2O", "offline_code") == [1, 1, 0]
+    assert count("H2O+VATP vs H2O", "offline_count") == [0, 2, 0]
     assert count("H2O+VATP vs H2O", "Average") == [1, 1, 0]
-    assert count("H2O+VATP vs H2O", "**all tasks**") == [1, 9, 0]  # 5 tasks x 2 lengths, Average apart
-    assert count("Scissorhands+VATP vs Scissorhands", "**all tasks**") == [0, 10, 0]
+    assert count("H2O+VATP vs H2O", "**all tasks**") == [2, 7, 1]  # 5 tasks x 2 lengths, Average apart
+    assert count("Scissorhands+VATP vs Scissorhands", "**all tasks**") == [0, 5, 0]
+    assert not any(pair == "SnapKV+VATP vs SnapKV" for pair, _ in rows)  # never compared
 
 
 def test_averages_chart_is_written(tmp_path):
     study = _study()
     path = tmp_path / "averages.png"
-    study.averages_chart(_scores(study, {1000: 10.0, 1500: 12.0}, {1000: 15.0, 1500: 12.0}), [1000, 1500], [0.5], path)
+    scores, intervals = _scores(study, {1000: 10.0, 1500: 12.0}, {1000: 15.0, 1500: 12.0})
+    study.averages_chart(scores, intervals, [1000, 1500], [0.5], path)
     assert path.stat().st_size > 10_000
+
+
+ANSWERS = {  # task -> (answer, all_classes): predicting the answer scores 100, predicting "" scores 0
+    "offline_qa": ("the blue lake", None), "offline_retrieval": ("Paragraph 3", None), "offline_count": ("4", None),
+    "offline_code": ("return x + 1", None), "offline_classify": ("Location", ["Location", "Human"]),
+}
+
+
+def _finished_run(folder, right, reverse=False) -> None:
+    """A finished grid point: 6 samples per task (in reverse order if ``reverse``), ``right(i)`` says whether
+    sample i is answered; then its result.json."""
+    folder.mkdir(parents=True)
+    for task, (answer, classes) in ANSWERS.items():
+        lines = [{"pred": answer if right(i) else "", "answers": [answer], "all_classes": classes, "length": 100,
+                  "_id": f"{task}-{i}", "index": i} for i in range(6)]
+        text = "".join(json.dumps(line) + "\n" for line in (lines[::-1] if reverse else lines))
+        (folder / f"{task}.jsonl").write_text(text)
+    write_results(folder, evaluate(folder, longbench_e=False))
+
+
+def test_report_only_study_pairs_the_finished_runs(tmp_path):
+    study = _study()
+    model = "tiny-model"
+    _finished_run(tmp_path / "t1000" / "full" / model, lambda i: True)
+    _finished_run(tmp_path / "t1000" / "h2o_b0.5" / model, lambda i: i % 2 == 0)  # half right
+    _finished_run(tmp_path / "t1000" / "h2o_vatp_b0.5" / model, lambda i: True, reverse=True)  # paired by _id
+    _finished_run(tmp_path / "t1000" / "snapkv_b0.5" / model, lambda i: True)
+    _finished_run(tmp_path / "t1000" / "snapkv_vatp_b0.5" / model, lambda i: True)
+    assert study.main(["--out", str(tmp_path), "--model", model, "--tokens", "1000", "--budgets", "0.5",
+                       "--report_only"]) == 0
+    text = (tmp_path / "study.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| H2O+VATP vs H2O | +50.00 ["))
+    assert row.endswith(" win |") and row.count(" win") == 6  # 5 tasks and the average
+    assert "| SnapKV+VATP vs SnapKV | +0.00 [+0.00, +0.00] tie |" in text
+    assert "| H2O+VATP vs H2O | **all tasks** | 5 | 0 | 0 |" in text
+    assert "| SnapKV+VATP vs SnapKV | Average | 0 | 1 | 0 |" in text
+    assert "Not run: Scissorhands at ~1000 tokens, 50% budget; Scissorhands+VATP" in text
+    assert "Scissorhands+VATP vs Scissorhands" not in text.split("### VATP against")[0]
+    assert (tmp_path / "averages.png").is_file() and (tmp_path / "report_t1000_b0.5" / "report.png").is_file()
+    assert "H2O+VATP vs H2O" in (tmp_path / "report_t1000_b0.5" / "report.md").read_text()
+    saved = json.loads((tmp_path / "intervals.json").read_text())
+    assert saved["averages"]["1000|1.0|full"] == {"mean": 100.0, "low": 100.0, "high": 100.0}
+    h2o = saved["paired"]["1000|0.5|h2o|h2o_vatp"]
+    assert h2o["Average"]["mean"] == 50.0 and 0 < h2o["Average"]["low"] < 50 < h2o["Average"]["high"] < 100
+    assert h2o["Average"]["verdict"] == "win"
 
 
 def _kept_sets():

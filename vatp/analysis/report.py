@@ -1,13 +1,18 @@
 """Compare methods on LongBench: a markdown table and a bar chart from eval.py's result.json files.
 
     python -m vatp.analysis.report --run "Full cache=pred_full/MODEL" --run "H2O=pred_h2o/MODEL" --out report
+    python -m vatp.analysis.report --run "H2O=pred_h2o/MODEL" --run "H2O+VATP=pred_vatp/MODEL" \
+        --pair "H2O+VATP=H2O" --out report
 
 Each ``--run LABEL=FOLDER`` names a folder holding the ``result.json`` that
 ``eval.py`` wrote: dataset -> score, or (``--e``) dataset -> {"0-4k": s|null,
 "4-8k": s|null, "8k+": s|null}. A LongBench-E entry becomes the unweighted
 mean of its non-empty buckets (the caption says which runs). Writes
 ``OUT/report.md`` (methods x datasets, an Average column, best in bold) and
-``OUT/report.png`` (grouped bars), and prints the table.
+``OUT/report.png`` (grouped bars), and prints the table. Each ``--pair
+LABEL=BASELINE`` adds a row to a table of paired differences (LABEL - BASELINE)
+with bootstrap 95% intervals over prompts (:mod:`.paired`), read from the two
+folders' prediction files.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..longbench.evaluate import RESULT_NAME
+from ..longbench.evaluate import RESULT_NAME, EvalError, prediction_files, sample_scores
 from ..longbench.metrics import BUCKETS
+from .paired import AVERAGE, RESAMPLES, SEED, Interval, PairingError, paired_comparison, verdict
 
 MARK = "†"  # flags an Average taken over fewer datasets than the table has
 
@@ -61,6 +67,18 @@ def _score(value, path: Path, dataset: str) -> tuple[float | None, bool]:
                       f"{', '.join(BUCKETS)} -> score|null, as eval.py writes; re-run eval.py on that folder")
 
 
+def parse_pair(spec: str, labels: list[str]) -> tuple[str, str]:
+    """``"LABEL=BASELINE"`` -> (label, baseline), both among ``labels`` (the --run labels)."""
+    label, sep, baseline = (part.strip() for part in spec.partition("="))
+    if not sep or not label or not baseline:
+        raise ReportError(f"--pair {spec!r} must be LABEL=BASELINE, e.g. \"H2O+VATP=H2O\"")
+    unknown = [name for name in (label, baseline) if name not in labels]
+    if unknown:
+        raise ReportError(f"--pair {spec!r} names {', '.join(map(repr, unknown))}, not a --run label; "
+                          f"the labels are {', '.join(map(repr, labels))}")
+    return label, baseline
+
+
 def load_run(label: str, folder: Path) -> Run:
     """Read ``FOLDER/result.json`` into a :class:`Run`."""
     path = folder / RESULT_NAME
@@ -78,6 +96,22 @@ def load_run(label: str, folder: Path) -> Run:
         scores[dataset], was_bucketed = _score(value, path, dataset)
         bucketed |= was_bucketed
     return Run(label, scores, bucketed)
+
+
+def load_samples(folder: Path) -> dict[str, dict]:
+    """Per-sample scores of a run folder's prediction files: dataset -> {sample id: score}."""
+    try:
+        return {path.name[: -len(".jsonl")]: sample_scores(path) for path in prediction_files(folder)}
+    except EvalError as err:
+        raise ReportError(str(err)) from None
+
+
+def compare(base: Path, other: Path) -> dict[str, Interval]:
+    """``other - base`` on the same prompts: dataset (and AVERAGE) -> mean difference with its interval."""
+    try:
+        return paired_comparison(load_samples(base), load_samples(other))
+    except PairingError as err:
+        raise ReportError(f"cannot pair {other} with {base}: {err}") from None
 
 
 def datasets_of(runs: list[Run]) -> list[str]:
@@ -118,6 +152,31 @@ def markdown_table(runs: list[Run]) -> str:
             average = _cell(run.average(), None) + MARK
         lines.append("| " + " | ".join([run.label, *cells, average]) + " |")
     return "\n".join(lines)
+
+
+def interval_cell(interval: Interval) -> str:
+    """``"+1.25 [-0.50, +3.00] tie"``: mean difference, 95% interval, verdict."""
+    return f"{interval.mean:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}] {verdict(interval)}"
+
+
+def paired_table(comparisons: list[tuple[str, dict[str, Interval]]]) -> str:
+    """A markdown table: one row per (label, dataset -> Interval) comparison, a column per
+    dataset (blank where a comparison lacks it) and the Average."""
+    datasets = list(dict.fromkeys(d for _, by_dataset in comparisons for d in by_dataset if d != AVERAGE))
+    header = ["Comparison", *datasets, AVERAGE]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for label, by_dataset in comparisons:
+        cells = [interval_cell(by_dataset[d]) if d in by_dataset else "" for d in header[1:]]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def paired_caption() -> str:
+    """How the paired table is computed and read."""
+    return (f"Paired differences on the same prompts (score points, first run minus second): mean [95% bootstrap "
+            f"interval over prompts: {RESAMPLES:,} resamples, seed {SEED}, percentile interval; the {AVERAGE} "
+            "resamples each dataset's prompts separately and averages the dataset means]. A win or loss only "
+            "when the interval excludes 0, else a tie.")
 
 
 def caption(runs: list[Run]) -> str:
@@ -164,9 +223,12 @@ def bar_chart(runs: list[Run]):
     return fig
 
 
-def write_report(runs: list[Run], out: Path) -> str:
-    """Write OUT/report.md and OUT/report.png; return the table with its footnotes."""
+def write_report(runs: list[Run], out: Path, paired: list[tuple[str, dict[str, Interval]]] = ()) -> str:
+    """Write OUT/report.md and OUT/report.png; return the table with its footnotes (and
+    the paired table, if ``paired`` holds comparisons: see :func:`paired_table`)."""
     table = "\n\n".join([markdown_table(runs), *footnotes(runs)])
+    if paired:
+        table += f"\n\n{paired_caption()}\n\n{paired_table(list(paired))}"
     out.mkdir(parents=True, exist_ok=True)
     bar_chart(runs).savefig(out / "report.png", dpi=100)
     (out / "report.md").write_text(f"# LongBench results\n\n{caption(runs)}\n\n{table}\n\n![scores by method]"
@@ -178,6 +240,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Tabulate and plot eval.py results of several methods.")
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER",
                         help="a method's label and the folder holding its result.json (SAVE/MODEL); repeat")
+    parser.add_argument("--pair", action="append", default=[], metavar="LABEL=BASELINE",
+                        help="compare two --run labels sample by sample (paired bootstrap 95%% interval of "
+                        "LABEL - BASELINE, from their prediction files); repeat")
     parser.add_argument("--out", type=Path, required=True, help="folder for report.md and report.png")
     args = parser.parse_args(argv)
     try:
@@ -185,7 +250,11 @@ def main(argv=None) -> int:
         labels = [label for label, _ in specs]
         if len(set(labels)) != len(labels):
             raise ReportError(f"labels must differ, got {labels}")
-        table = write_report([load_run(label, folder) for label, folder in specs], args.out)
+        folders = dict(specs)
+        pairs = [parse_pair(spec, labels) for spec in args.pair]
+        runs = [load_run(label, folder) for label, folder in specs]
+        paired = [(f"{label} vs {baseline}", compare(folders[baseline], folders[label])) for label, baseline in pairs]
+        table = write_report(runs, args.out, paired)
     except (ReportError, OSError) as err:
         print(f"report: error: {err}", file=sys.stderr)
         return 1

@@ -2,8 +2,9 @@
 
 Prediction files are `DIR/MODEL/{dataset}.jsonl`, one JSON object per line
 with the fields written by pred.py: "pred", "answers", "all_classes" and
-"length" (extra keys such as "_id" and "index" are ignored); numbers among the
-answers are read as strings, as LongBench's count metric does. Anything in the
+"length" (the dataset score ignores extra keys; `sample_scores` identifies
+samples by "_id", else "index"); numbers among the answers are read as
+strings, as LongBench's count metric does. Anything in the
 folder that is not a `.jsonl` file (run records, result.json, logs, the
 `{dataset}.parts/` folders of a sharded run) is ignored. Every problem is
 raised as `EvalError` with a message that names the file (and line) and says
@@ -16,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from vatp.longbench.metrics import BUCKETS, score_dataset, score_dataset_e
+from vatp.longbench.metrics import BUCKETS, score_dataset, score_dataset_e, score_sample
 
 RESULT_NAME = "result.json"
 
@@ -119,6 +120,40 @@ def score_file(path: Path, longbench_e: bool):
     except ValueError as err:
         raise EvalError(f"{path}: {err}") from None
     return dataset, len(records), score
+
+
+def _sample_id(record: dict, path: Path, position: int):
+    """A record's identity: its "_id", else its "index"; EvalError if it has neither."""
+    for key in ("_id", "index"):
+        if key in record:
+            return record[key]
+    raise EvalError(f"{path}: prediction {position} has neither \"_id\" nor \"index\", so it cannot be matched "
+                    "with the same sample of another run; re-run pred.py, which writes both.")
+
+
+def sample_scores(path: Path) -> dict:
+    """Per-sample scores of one prediction file: sample id ("_id", else "index") -> score.
+
+    A sample's score is its metric's best value over its answers (LongBench's per-sample
+    value), times 100. Their mean, rounded to 2 decimals, is the dataset score eval.py
+    reports, except where the exact mean lies halfway between two hundredths (such as
+    18.125): there LongBench's arithmetic (100 times the mean of the [0, 1] values) and
+    this mean may round to different neighbours, 0.01 apart. EvalError for a repeated id.
+    """
+    dataset = path.name[: -len(".jsonl")]
+    records = read_predictions(path, need_length=False)
+    all_classes = records[-1]["all_classes"]  # as score_file: LongBench reads it from the last line
+    scores = {}
+    for position, record in enumerate(records, start=1):
+        sid = _sample_id(record, path, position)
+        if sid in scores:
+            raise EvalError(f"{path}: sample {sid!r} is predicted twice; delete one of its lines "
+                            "(or re-run pred.py for this dataset).")
+        try:
+            scores[sid] = 100 * score_sample(dataset, record["pred"], record["answers"], all_classes)
+        except ValueError as err:
+            raise EvalError(f"{path}: {err}") from None
+    return scores
 
 
 def evaluate(model_dir: Path, longbench_e: bool) -> list:
