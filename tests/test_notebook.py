@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # runs subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "visual.ipynb"
-FIGURES = 3  # value norms, attention heatmap, kept tokens
+FIGURES = 4  # value norms, attention heatmap, kept tokens, attention against value norm per layer
 
 
 @pytest.fixture(scope="module")
