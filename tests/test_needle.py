@@ -1,0 +1,214 @@
+"""vatp.analysis.needle: prompt building, scoring, resuming and the heatmaps, on a tiny random Llama.
+
+A character-level stand-in tokenizer keeps these tests fast and independent of
+the embedded model: one token per character, so lengths and offsets are exact.
+"""
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from conftest import tiny_llama
+from vatp.analysis import needle
+from vatp.longbench import models
+
+MODEL = "smollm2-135m-instruct"  # the CLI's default name; the stand-in tokenizer has no chat template
+BOS = 1
+
+
+class CharTokenizer:
+    """One token per ASCII character (ids < 128, the tiny Llama's vocabulary); others read as '?'."""
+
+    pad_token_id, eos_token_id, chat_template = 0, None, None
+
+    def encode(self, text, add_special_tokens=True):
+        return [BOS] * add_special_tokens + [ord(c) if ord(c) < 128 else ord("?") for c in text]
+
+    def decode(self, ids, skip_special_tokens=True, clean_up_tokenization_spaces=False):
+        return "".join(chr(i) for i in ids if i > BOS)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return CharTokenizer()
+
+
+@pytest.fixture(scope="module")
+def haystack(tok):
+    return needle.encode_filler(tok)
+
+
+def needle_ids(tok, prompt):
+    return tok.encode(" " + needle.needle_sentence(prompt.value), add_special_tokens=False)
+
+
+@pytest.mark.parametrize("length", [900, 2000, 3001])
+def test_prompt_has_the_requested_length_and_ends_with_the_question(tok, haystack, length):
+    prompt = needle.build_prompt(tok, haystack, MODEL, length, 40)
+    assert prompt.ids.shape == (1, length)
+    text = tok.decode(prompt.ids[0].tolist())
+    assert text.startswith(needle.INSTRUCTION) and text.endswith(needle.QUESTION)
+    assert text.count(prompt.value) == 1
+
+
+def test_needle_sits_at_the_requested_depth(tok, haystack):
+    length = 3000
+    prompts = {d: needle.build_prompt(tok, haystack, MODEL, length, d) for d in range(0, 101, 10)}
+    for prompt in prompts.values():
+        ids = prompt.ids[0].tolist()
+        planted = needle_ids(tok, prompt)
+        assert ids[prompt.needle_at:prompt.needle_at + len(planted)] == planted
+    start, end = prompts[0].context
+    assert prompts[0].needle_at == start  # 0%: first in the context
+    assert prompts[100].needle_at + len(needle_ids(tok, prompts[100])) == end  # 100%: last in the context
+    filler = end - start - len(needle_ids(tok, prompts[50]))
+    longest = max(len(s) for s in haystack[:60])  # the haystack's first sentences fill this context
+    for depth, prompt in prompts.items():
+        assert abs(prompt.needle_at - start - depth / 100 * filler) <= longest / 2, depth
+    at = [p.needle_at for p in prompts.values()]
+    assert at == sorted(at)
+
+
+def test_needle_goes_between_sentences(tok, haystack):
+    prompt = needle.build_prompt(tok, haystack, MODEL, 3000, 50)
+    before = tok.decode(prompt.ids[0, :prompt.needle_at].tolist())
+    assert before.rstrip()[-1] in ".!?"  # a sentence of the haystack ends right before it
+
+
+def test_values_are_fixed_per_prompt_and_differ_between_prompts():
+    values = {needle.needle_value(n, d) for n in (1000, 2000) for d in range(0, 101, 10)}
+    assert needle.needle_value(1000, 30) == needle.needle_value(1000, 30)
+    assert len(values) >= 20 and all(len(v) == 5 and v.isdigit() for v in values)
+
+
+def test_a_length_too_short_for_the_question_is_refused(tok, haystack):
+    with pytest.raises(ValueError, match="too short"):
+        needle.build_prompt(tok, haystack, MODEL, 100, 50)
+
+
+@pytest.mark.parametrize("answer, expected", [("The secret number is 48213.", 1), ("48213", 1), ("4821", 0),
+                                              ("48 213", 0), ("", 0)])
+def test_score(answer, expected):
+    assert needle.score(answer, "48213") == expected
+
+
+def test_variants_and_their_settings():
+    grid = needle.NeedleGrid(budgets=(0.5, 0.2))
+    assert grid.columns() == ["Full cache", "H2O", "H2O+VATP", "Scissorhands", "Scissorhands+VATP", "StreamingLLM",
+                              "SnapKV", "SnapKV+VATP"]
+    variants = grid.variants()
+    assert len(variants) == 1 + 2 * 7
+    by_label = {(v.label, v.budget): v.settings(20, "evict") for v in variants if v.method}
+    assert by_label[("H2O", 0.2)] == {"method": "h2o", "apval": False, "heavy_ratio": 0.1, "sink_len": 0,
+                                      "backend": "evict"}
+    assert by_label[("SnapKV+VATP", 0.5)]["sink_len"] == 20 and by_label[("SnapKV+VATP", 0.5)]["heavy_ratio"] == 0.25
+    assert by_label[("StreamingLLM", 0.5)]["sink_len"] == 20
+
+
+@pytest.mark.parametrize("bad", [{"depths": (0, 110)}, {"budgets": (1.0,)}, {"methods": ("nope",)},
+                                 {"backend": "nope"}, {"lengths": ()}])
+def test_grid_rejects_bad_settings(bad):
+    with pytest.raises(ValueError):
+        needle.NeedleGrid(**bad)
+
+
+GRID = needle.NeedleGrid(lengths=(500, 400), depths=(0, 100), budgets=(0.5,), methods=("h2o", "streaming"),
+                         max_new_tokens=2)
+RUN = {"model": "tiny", "dtype": "float32", "sink_len": 20, "max_new_tokens": 2}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tok):
+    """results.jsonl of the whole small grid, run on a tiny random Llama."""
+    path = tmp_path_factory.mktemp("needle") / needle.RESULTS
+    needle.run_points(tiny_llama(), tok, "tiny", GRID, needle.pending(GRID, []), path, RUN)
+    return path
+
+
+def test_run_writes_one_line_per_point(finished):
+    results = needle.read_results(finished)
+    assert len(results) == 2 * 2 * 4  # lengths x depths x (full, H2O, H2O+VATP, StreamingLLM)
+    assert [r["length"] for r in results] == sorted(r["length"] for r in results)  # shortest first
+    keys = {needle.point_key(r["label"], r["budget"], r["length"], r["depth"]) for r in results}
+    assert len(keys) == len(results)
+    for r in results:
+        assert r["score"] in (0, 1) and r["prompt_tokens"] == r["length"] and r["model"] == "tiny"
+        assert r["score"] == needle.score(r["answer"], r["value"])
+    assert needle.pending(GRID, results) == []
+
+
+def test_resume_skips_finished_points_and_survives_a_half_written_line(finished, tmp_path, tok):
+    path = tmp_path / needle.RESULTS
+    lines = finished.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-2]) + lines[-2][:25])  # killed while writing the second to last line
+    assert len(needle.read_results(path)) == len(lines) - 2  # reading ignores the partial line
+    assert needle.drop_partial_line(path) and not needle.drop_partial_line(path)
+    results = needle.read_results(path)
+    todo = needle.pending(GRID, results)
+    expected = [(json.loads(x)["length"], json.loads(x)["depth"], json.loads(x)["label"]) for x in lines[-2:]]
+    assert [(n, d, v.label) for n, d, v in todo] == expected
+    needle.run_points(tiny_llama(), tok, "tiny", GRID, todo, path, RUN)
+    again = needle.read_results(path)
+    assert len(again) == len(lines) and needle.pending(GRID, again) == []
+    assert all(line.endswith("\n") and json.loads(line) for line in path.read_text().splitlines(keepends=True))
+
+
+def test_a_broken_line_inside_the_file_is_reported(tmp_path):
+    path = tmp_path / needle.RESULTS
+    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(ValueError, match=":2 is not a JSON line"):
+        needle.read_results(path)
+
+
+def test_results_of_other_settings_are_refused(finished):
+    results = needle.read_results(finished)
+    needle.check_same_run(results, RUN)
+    with pytest.raises(ValueError, match="sink_len: 20 -> 4"):
+        needle.check_same_run(results, {**RUN, "sink_len": 4})
+
+
+def test_score_grid_places_each_result_and_leaves_the_rest_blank():
+    results = [{"label": "H2O", "budget": 0.5, "length": 1000, "depth": 0, "score": 1},
+               {"label": "H2O", "budget": 0.2, "length": 2000, "depth": 50, "score": 0},
+               {"label": "Full cache", "budget": 1.0, "length": 2000, "depth": 0, "score": 1}]
+    cells = needle.score_grid(results, "H2O", 0.2, [1000, 2000], [0, 50])
+    np.testing.assert_array_equal(cells, [[np.nan, np.nan], [np.nan, 0.0]])
+    full = needle.score_grid(results, "Full cache", 0.2, [1000, 2000], [0, 50])  # any budget's row
+    np.testing.assert_array_equal(full, [[np.nan, 1.0], [np.nan, np.nan]])
+
+
+def test_figure_has_a_panel_per_method_and_budget(finished):
+    results = needle.read_results(finished)
+    columns = GRID.columns()
+    fig = needle.heatmap_figure(results, columns, [0.2, 0.5], "title")
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2 * len(columns) and len(fig.axes) == len(panels) + 1  # one shared colour bar
+    titles = [ax.get_title() for ax in panels]
+    assert [t.split("\n")[0] for t in titles] == columns * 2
+    assert "50% budget" in titles[1] and "20% budget" in titles[len(columns) + 1]  # 50% first
+    assert "no results" in titles[len(columns) + 1]  # nothing was run at 20%
+    images = [ax.get_images()[0] for ax in panels]
+    assert {im.get_clim() for im in images} == {(0.0, 1.0)}
+    assert images[0].get_array().shape == (2, 2)  # depths x lengths
+
+
+def test_command_runs_resumes_without_loading_the_model_and_draws(tmp_path, tok, monkeypatch, capsys):
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda *a, **k: (tiny_llama(), tok))
+    args = ["--out", str(tmp_path), "--lengths", "400", "--depths", "0", "100", "--budgets", "0.5",
+            "--methods", "h2o", "--max_new_tokens", "2"]
+    assert needle.main(args) == 0
+    assert len(needle.read_results(tmp_path / needle.RESULTS)) == 2 * 3
+    figure = tmp_path / needle.FIGURE
+    height, width = matplotlib.image.imread(figure).shape[:2]
+    assert width > height > 100
+    figure.unlink()
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded with nothing left to run")
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", refuse)
+    assert needle.main(args) == 0
+    assert "0 points to run, 6 already" in capsys.readouterr().out and figure.is_file()
+    assert needle.main([*args, "--sink_len", "4"]) == 1
+    assert "other settings" in capsys.readouterr().err
