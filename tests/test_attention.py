@@ -117,13 +117,6 @@ def test_gqa_decision_reduces_to_mha(variant):
     assert torch.equal(gqa_keep.repeat_interleave(3, 0), mha_keep)
 
 
-def test_batch_of_two_is_refused_clearly():
-    model = tiny_llama()
-    with vatp.enabled(model, heavy_ratio=0.1):
-        with pytest.raises(ValueError, match="batch size 1"):
-            model(_prompt(20).repeat(2, 1))
-
-
 def test_unsupported_model_is_refused():
     with pytest.raises(ValueError, match="Llama-family"):
         vatp.enable(torch.nn.Linear(2, 2), heavy_ratio=0.1)

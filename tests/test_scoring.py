@@ -87,7 +87,8 @@ def test_decode_step_gives_pruned_keys_exactly_zero_probability():
     q, k, v = _qkv(6, 3, 20)
     keep = torch.rand(3, 20) > 0.5
     keep[:, -1] = True
-    out, probs = decode_step(q[:, :, -1:], k, v, keep, 0.25)
+    out, probs = decode_step(q[:, :, -1:], k, v, keep[None], 0.25)
+    probs = probs[0]
     assert (probs[~keep.repeat_interleave(2, 0)] == 0).all()
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(6))
     # Same output as attending only the kept keys of each KV head.

@@ -28,14 +28,15 @@ def _tiny(model_type, **extra):
 
 
 @pytest.mark.parametrize("backend", ["mask", "evict"])
-def test_padding_is_refused_before_generating(backend):
+def test_padding_other_than_left_is_refused_before_generating(backend):
     model = tiny_llama()
-    ids = _prompt(30)
-    mask = torch.ones_like(ids)
-    mask[0, :3] = 0  # left padding
-    with vatp.enabled(model, heavy_ratio=0.25, backend=backend):
-        with pytest.raises(UnsupportedError, match=r"padding.*attention_mask=torch.ones_like\(input_ids\)"):
-            model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    ids = _prompt(30).repeat(2, 1)
+    for holes in (slice(-3, None), slice(10, 12)):  # right padding; zeros inside a row
+        mask = torch.ones_like(ids)
+        mask[1, holes] = 0
+        with vatp.enabled(model, heavy_ratio=0.25, backend=backend):
+            with pytest.raises(UnsupportedError, match=r"right padding or holes.*padding_side = 'left'"):
+                model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
 
 
 @pytest.mark.parametrize("backend", ["mask", "evict"])

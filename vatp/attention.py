@@ -108,26 +108,27 @@ def enabled(model, config: VatpConfig | None = None, **settings):
 
 
 def _before_forward(session: VatpSession, decoder):
-    """Decoder pre-hook: refuse a padded prompt; for the evict backend, remember the forward's cache.
+    """Decoder pre-hook: note each row's left padding at a prompt; for the evict backend, remember the cache.
 
-    The evict backend compacts the cache in place. If the caller passed none,
-    create one (the model would create its own otherwise, out of our reach).
-    Without explicit positions the model would derive them from the (shrunken)
-    cache length, so supply the true ones.
+    Padding other than on the left is refused. The evict backend compacts the
+    cache in place. If the caller passed none, create one (the model would
+    create its own otherwise, out of our reach). Without explicit positions
+    the model would derive them from the (shrunken) cache length, so supply
+    the true ones (``generate`` passes them, from the attention mask).
     """
     def hook(module, args, kwargs):
         inputs = kwargs.get("input_ids")
         inputs = inputs if inputs is not None else kwargs["inputs_embeds"]
-        if inputs.shape[1] > 1:  # a prompt; decode steps only append ones to the mask (no host sync there)
-            support.check_unpadded(kwargs.get("attention_mask"))
+        cache = kwargs.get("past_key_values")
+        fresh = cache is None or cache.get_seq_length() == 0
+        if fresh:  # a prompt; decode steps only append ones to the mask (no host sync there)
+            session.pads = support.left_padding(kwargs.get("attention_mask")) or [0] * inputs.shape[0]
         if session.config.backend != "evict":
             return args, kwargs
-        cache = kwargs.get("past_key_values")
         if cache is None and kwargs.get("use_cache", True) is not False:
             cache = kwargs["past_key_values"] = DynamicCache(config=decoder.config)
         session.cache = cache
         if kwargs.get("position_ids") is None:
-            fresh = cache is None or cache.get_seq_length() == 0
             past = 0 if fresh else session.seen_tokens()
             kwargs["position_ids"] = (torch.arange(inputs.shape[1], device=inputs.device) + past)[None]
         return args, kwargs

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from .policy import Budget, kept_count
@@ -15,15 +16,18 @@ from .policy import Budget, kept_count
 
 @dataclass
 class LayerState:
-    """Per-layer pruning state of the current sample."""
+    """Per-layer pruning state of one sample (one row of a batch). Token indices count the row's own
+    tokens, oldest first; its padding is not among them."""
 
-    scores: torch.Tensor | None = None  # (kv_heads, K) accumulated importance, oldest token first
-    value_norms: torch.Tensor | None = None  # (kv_heads, K) value L1 norms, oldest token first
+    scores: torch.Tensor | None = None  # (kv_heads, K) accumulated importance
+    value_norms: torch.Tensor | None = None  # (kv_heads, K) value L1 norms
     budget: Budget | None = None
     keep: torch.Tensor | None = None  # (kv_heads, K + 1) mask backend: what the next step attends
     slots: torch.Tensor | None = None  # (kv_heads, K) evict backend: cache slot of each token
     positions: torch.Tensor | None = None  # (kv_heads, K) evict backend: absolute position of each token
-    next_slot: torch.Tensor | None = None  # (kv_heads,) evict backend: where the next token goes; None: appended
+    freed: torch.Tensor | None = None  # (kv_heads,) evict backend: the slot the last decision emptied, if any
+    next_slot: torch.Tensor | None = None  # (kv_heads,) evict backend: where the next token goes
+    used: int = 0  # evict backend: slots [0, used) of the row's cache hold its tokens (and the next one)
     seen: int = 0  # tokens of the sample seen so far (absolute length)
 
 
@@ -39,20 +43,28 @@ class MaskBackend:
         """A step that prunes nothing: the kept set grows by the new token's slot."""
         state.keep = torch.cat([state.keep, state.keep.new_ones(state.keep.shape[0], 1)], dim=1)
 
-    def step_mask(self, state: LayerState) -> torch.Tensor | None:
-        return state.keep
+    def prepare_next(self, states: list[LayerState], cache, layer_idx: int, pads: list[int]) -> None:
+        """Nothing to do: the cache holds every token in order."""
+
+    def step_mask(self, states: list[LayerState], pads: list[int]) -> torch.Tensor:
+        """(B, kv_heads, kv_len): each row's kept set after its padding, which is never attended."""
+        if len(states) == 1 and not pads[0]:
+            return states[0].keep[None]
+        return torch.stack([F.pad(state.keep, (pad, 0), value=False) for state, pad in zip(states, pads)])
 
     def step_order(self, state: LayerState, kv_len: int) -> torch.Tensor | None:
         return None  # the cache is in token order
 
 
 class SlotLayer(DynamicLayer):
-    """A cache layer of fixed capacity: the next token overwrites the slot just evicted.
+    """A cache layer of fixed capacity: each row's next token overwrites the slot its row just evicted.
 
-    ``free`` (kv_heads,) is that slot per KV head, or None to append as
-    :class:`DynamicLayer` does. Once the budget is reached every decode step
-    evicts one token per head, so the layer stops growing and stops copying:
-    a step writes one token instead of ``torch.cat``-ing the whole cache.
+    ``free`` (B, kv_heads) is where each row's next token goes. Once a row's
+    budget is reached every decode step evicts one of its tokens per head, so
+    the layer stops growing and stops copying: a step writes one token per row
+    instead of ``torch.cat``-ing the whole cache. A row that holds fewer tokens
+    than the capacity (a shorter prompt in a batch) leaves its last slots unused
+    (masked); only a step where some row has no slot left appends one.
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor):
@@ -61,30 +73,36 @@ class SlotLayer(DynamicLayer):
         self.keys, self.values = keys, values
         self.free: torch.Tensor | None = None
 
+    def grow(self, slots: int) -> None:
+        """Append ``slots`` unused slots to every row (only when a row needs more than the capacity)."""
+        shape = (*self.keys.shape[:2], slots, self.keys.shape[3])
+        self.keys = torch.cat([self.keys, self.keys.new_zeros(shape)], dim=-2)
+        self.values = torch.cat([self.values, self.values.new_zeros(shape)], dim=-2)
+
     def update(self, key_states, value_states, *args, **kwargs):
         if self.free is None or key_states.shape[-2] != 1:
-            self.free = None
-            return super().update(key_states, value_states)
-        index = self.free.view(1, -1, 1, 1).expand_as(key_states)
+            raise RuntimeError("evict backend: a forward of more than one token on a pruned cache")
+        index = self.free[:, :, None, None].expand_as(key_states)
         self.keys.scatter_(-2, index, key_states)
         self.values.scatter_(-2, index, value_states)
         self.free = None
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        """Tokens held; a slot waiting to be overwritten does not count."""
+        """Slots in use; a slot waiting to be written does not count."""
         return super().get_seq_length() - (self.free is not None)
 
 
 class EvictBackend:
     """Pruned tokens leave the KV cache, so it holds exactly the budget.
 
-    After the prompt the kept tokens are gathered into a :class:`SlotLayer`,
-    in order. From then on each step evicts one token per head and the next
-    token is written into its slot, so slots stop being in token order:
-    ``state.slots`` maps each token to its slot, and :meth:`step_order`
-    hands the session the step's scores back in token order. Keys are cached
-    after RoPE, so a token's position travels with it.
+    After the prompt, each row's kept tokens are gathered, in order, into a
+    :class:`SlotLayer` as wide as the largest row. From then on each step
+    evicts one token per head and row, and the row's next token is written
+    into that slot, so slots stop being in token order: ``state.slots`` maps
+    each token to its slot, and :meth:`step_order` hands the session the
+    step's scores back in token order. Keys are cached after RoPE, so a
+    token's position travels with it.
     """
 
     name = "evict"
@@ -93,54 +111,84 @@ class EvictBackend:
         kept = keep[:, :-1]  # (kv_heads, K); the incoming slot is not cached yet
         heads, k = kept.shape
         in_order = torch.arange(k, device=kept.device).expand(heads, k)
-        slots = state.slots if state.slots is not None else in_order
-        positions = state.positions if state.positions is not None else in_order
-        state.next_slot = None
+        if state.positions is None:  # the prompt
+            state.positions = in_order
+        state.freed = None
         evicted = k - kept_count(k, state.budget)  # the same for every head; known without a device sync
         if evicted == 0:
-            state.slots, state.positions = slots, positions
+            if state.slots is None:
+                state.slots = in_order
             return
-        if cache is None:
-            raise RuntimeError("evict backend: no KV cache was captured for this forward; pass use_cache=True")
-        layer = cache.layers[layer_idx]
-        step = evicted == 1 and isinstance(layer, SlotLayer)  # a decode step: one slot per head is freed
-        if step:  # the kept tokens are all but the dropped one: no nonzero(), so no sync
+        if evicted == 1 and state.slots is not None:  # a decode step: no nonzero(), so no sync
             dropped = (~kept).int().argmax(1, keepdim=True)  # (kv_heads, 1)
             order = torch.arange(k - 1, device=kept.device)
             index = order + (order >= dropped)  # (kv_heads, K - 1), oldest first
+            state.freed = state.slots.gather(1, dropped).squeeze(1)
         else:
             index = kept.nonzero(as_tuple=True)[1].view(heads, -1)  # (kv_heads, n_keep), oldest first
         state.scores = state.scores.gather(1, index)
         state.value_norms = state.value_norms.gather(1, index)
-        state.slots = slots.gather(1, index)
-        state.positions = positions.gather(1, index)
-        if step:
-            state.next_slot = layer.free = slots.gather(1, dropped).squeeze(1)
-            return
-        # The prompt (or a first cut on a plain layer): compact into a SlotLayer, in token order.
-        gather = state.slots[None, :, :, None].expand(layer.keys.shape[0], -1, -1, layer.keys.shape[-1])
-        cache.layers[layer_idx] = SlotLayer(layer.keys.gather(2, gather), layer.values.gather(2, gather))
-        state.slots = torch.arange(index.shape[1], device=kept.device).expand(heads, -1)
+        state.positions = state.positions.gather(1, index)
+        state.slots = (state.slots if state.slots is not None else in_order).gather(1, index)
 
     def keep_new_token(self, state: LayerState) -> None:
-        """A step that prunes nothing: the next token is appended (no slot was freed)."""
-        state.next_slot = None
+        """A step that prunes nothing: the next token takes a new slot."""
+        state.freed = None
 
-    def step_mask(self, state: LayerState) -> torch.Tensor | None:
-        return None
+    def prepare_next(self, states: list[LayerState], cache, layer_idx: int, pads: list[int] | None = None) -> None:
+        """After every row decided: compact the prompt's cache, then say where each row's next token goes."""
+        if cache is None:  # use_cache=False: no next step to prepare
+            return
+        layer = cache.layers[layer_idx]
+        if not isinstance(layer, SlotLayer):  # the prompt: gather each row's kept tokens into slots 0, 1, ...
+            layer = cache.layers[layer_idx] = _compact(layer, states, pads)
+        for state in states:
+            if state.freed is None:  # no slot was emptied: take the row's next unused one
+                state.next_slot = torch.full_like(state.slots[:, 0], state.used)
+                state.used += 1
+            else:
+                state.next_slot = state.freed
+        capacity = layer.keys.shape[-2]
+        if max(state.used for state in states) > capacity:
+            layer.grow(max(state.used for state in states) - capacity)
+        layer.free = torch.stack([state.next_slot for state in states])
+
+    def step_mask(self, states: list[LayerState], pads: list[int]) -> torch.Tensor | None:
+        """(B, kv_heads, capacity): each row's used slots; None when every slot of every row is in use."""
+        used = [state.used for state in states]
+        capacity = max(used)
+        if min(used) == capacity:
+            return None
+        slots = torch.arange(capacity, device=states[0].slots.device)
+        held = slots < torch.tensor(used, device=slots.device)[:, None]  # (B, capacity)
+        return held[:, None, :].expand(-1, states[0].slots.shape[0], -1)
 
     def step_order(self, state: LayerState, kv_len: int) -> torch.Tensor:
-        """(kv_heads, kv_len) the cache slot of each token this step attended, oldest first.
+        """(kv_heads, K + 1) the cache slot of each token of the row this step attended, oldest first.
 
         Also records it as ``state.slots``, the order :meth:`apply` decides in,
         and the new token's position (``state.seen``) in ``state.positions``.
         """
-        heads = state.slots.shape[0]
-        new = (state.next_slot if state.next_slot is not None
-               else torch.full((heads,), kv_len - 1, device=state.slots.device))
+        new = state.next_slot
         state.slots = torch.cat([state.slots, new[:, None]], dim=1)
         state.positions = torch.cat([state.positions, torch.full_like(new[:, None], state.seen)], dim=1)
         return state.slots
+
+
+def _compact(layer, states: list[LayerState], pads: list[int] | None) -> SlotLayer:
+    """A SlotLayer holding row ``b``'s tokens ``states[b].slots`` (indices after its padding) in slots 0, 1, ...
+
+    Rows that keep fewer tokens than the widest are padded with unused slots. Afterwards ``slots`` are slot indices.
+    """
+    pads = pads or [0] * len(states)
+    capacity = max(state.slots.shape[1] for state in states)
+    index = torch.stack([F.pad(state.slots + pad, (0, capacity - state.slots.shape[1]))
+                         for state, pad in zip(states, pads)])  # (B, kv_heads, capacity)
+    gather = index[..., None].expand(-1, -1, -1, layer.keys.shape[-1])
+    for state in states:
+        state.used = state.slots.shape[1]
+        state.slots = torch.arange(state.used, device=index.device).expand(index.shape[1], -1)
+    return SlotLayer(layer.keys.gather(2, gather), layer.values.gather(2, gather))
 
 
 BACKENDS = {b.name: b for b in (MaskBackend, EvictBackend)}

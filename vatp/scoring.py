@@ -7,8 +7,8 @@ Two ways to score a prompt, same result up to float rounding:
 * :func:`chunked_prefill` computes the same in chunks of query rows, so
   peak extra memory is O(heads x chunk x L), not O(L^2).
 
-:func:`decode_step` attends one new query, optionally under a keep mask.
-Shapes: query (1, heads, q, d); key, value (1, kv_heads, kv_len, d).
+:func:`decode_step` attends one new query per row, optionally under a keep mask.
+Shapes: query (1, heads, q, d); key, value (1, kv_heads, kv_len, d) (decode steps: B rows).
 
 ``score_dtype`` is the arithmetic of the scores. The paper's code (float16)
 computes logits in the model dtype, the softmax in float32, rounds the
@@ -130,21 +130,21 @@ def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk:
 
 
 def decode_step(query, key, value, keep: torch.Tensor | None, scaling, score_dtype=None):
-    """Attention of one new query; ``keep`` (kv_heads, kv_len) bool masks pruned keys.
+    """Attention of one new query per row; ``keep`` (B, kv_heads, kv_len) bool masks pruned keys.
 
     Pruned logits get the dtype's minimum before the softmax, so their
     probability is exactly 0 (the paper's ``w*m + (1-m)*min``). The query
     heads of a GQA group attend their shared KV head in one batched matmul,
     without copying the cache per query head.
-    Returns the output (1, 1, heads, d) and the probabilities (heads, kv_len)
+    Returns the output (B, 1, heads, d) and the probabilities (B, heads, kv_len)
     in ``score_dtype`` (default: the model dtype).
     """
-    heads, d = query.shape[1], query.shape[3]
+    batch, heads, d = query.shape[0], query.shape[1], query.shape[3]
     kv_heads, kv_len = key.shape[1], key.shape[2]
-    q = query[0, :, 0].view(kv_heads, heads // kv_heads, d)  # (kv_heads, group, d)
-    logits = scaled_logits(q, key[0].transpose(1, 2), scaling)  # (kv_heads, group, kv)
+    q = query[:, :, 0].view(batch, kv_heads, heads // kv_heads, d)  # (B, kv_heads, group, d)
+    logits = scaled_logits(q, key.transpose(2, 3), scaling)  # (B, kv_heads, group, kv)
     if keep is not None:
-        logits = logits.masked_fill(~keep[:, None, :], torch.finfo(logits.dtype).min)
+        logits = logits.masked_fill(~keep[:, :, None, :], torch.finfo(logits.dtype).min)
     probs, scored = probabilities(logits, query.dtype, score_dtype)
-    out = torch.matmul(probs, value[0])  # (kv_heads, group, d)
-    return out.reshape(1, 1, heads, d), scored.reshape(heads, kv_len)
+    out = torch.matmul(probs, value)  # (B, kv_heads, group, d)
+    return out.reshape(batch, 1, heads, d), scored.reshape(batch, heads, kv_len)

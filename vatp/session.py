@@ -4,6 +4,11 @@ One session per enabled model. For every attention layer it computes the
 attention, hands the method (``config.scorer``) the attention each token
 received, at prefill and at each decode step, asks the policy which tokens to
 keep, and hands that decision to the backend. It knows no method by name.
+
+A batch of left-padded prompts is handled row by row where decisions are
+made: each row is scored on its own tokens (its padding is never scored,
+kept or counted), with the budget of its own length, exactly as if it ran
+alone; decode steps attend all rows in one call.
 """
 from __future__ import annotations
 
@@ -21,15 +26,21 @@ class VatpSession:
         self.config = config
         self.method = config.scorer
         self.backend = BACKENDS[config.backend]()
-        self.layers: dict[int, LayerState] = {}
+        self.rows: list[dict[int, LayerState]] = []  # per batch row: layer index -> its state
+        self.pads: list[int] = []  # per batch row: padding tokens before its prompt (set before each prompt)
         self.cache = None  # the KV cache of the current forward (evict backend)
         scorings = {"eager": lambda: scoring.eager_prefill, "chunked": lambda: self._chunked_prefill,
                     "fused": _load_fused_prefill}
         self._prefill = scorings[config.resolved_scoring]()
 
+    @property
+    def layers(self) -> dict[int, LayerState]:
+        """The per-layer state of the sample (of the first row of a batch; ``rows[b]`` for row ``b``)."""
+        return self.rows[0] if self.rows else {}
+
     def reset(self) -> None:
         """Forget the current sample. A new prompt (empty cache) also resets."""
-        self.layers.clear()
+        self.rows = []
         self.cache = None
 
     def budget(self, prompt_len: int) -> policy.Budget:
@@ -37,67 +48,86 @@ class VatpSession:
         return self.config.budget(prompt_len)
 
     def seen_tokens(self) -> int:
-        """Absolute length of the current sample (the cache may be shorter after eviction)."""
-        return self.layers[0].seen if 0 in self.layers else 0
+        """Absolute length of the current sample, padding included (the cache may be shorter after eviction)."""
+        return self.layers[0].seen + (self.pads[0] if self.pads else 0) if 0 in self.layers else 0
 
     # -- the attention call ---------------------------------------------------
     def attend(self, layer_idx: int, query, key, value, mask, scaling, sliding_window: int | None = None):
-        """query (1, heads, q, d); key, value (1, kv_heads, kv, d) -> ((1, q, heads, d), None).
+        """query (B, heads, q, d); key, value (B, kv_heads, kv, d) -> ((B, q, heads, d), None).
 
         A layer's ``sliding_window`` is refused once the sequence outgrows it.
         """
-        if query.shape[0] != 1:
-            raise ValueError(f"vatp supports batch size 1 (as the paper's code), got {query.shape[0]}")
         q_len, kv_len = query.shape[2], key.shape[2]
         if q_len == kv_len:  # empty cache before this call: a new sample
             support.check_window(layer_idx, sliding_window, kv_len)
             return self._attend_prompt(layer_idx, query, key, value, mask, scaling)
-        state = self.layers.get(layer_idx)
-        if state is None or q_len != 1:
+        states = [row.get(layer_idx) for row in self.rows]
+        if not states or None in states or q_len != 1 or len(states) != query.shape[0]:
             raise ValueError(
                 "vatp prunes a cache it filled itself: run the whole prompt in one forward, "
                 f"then one token per step (got {q_len} new tokens on a cache of {kv_len - q_len})"
             )
-        support.check_window(layer_idx, sliding_window, state.seen + 1)
-        return self._attend_step(layer_idx, state, query, key, value, scaling)
+        support.check_window(layer_idx, sliding_window, states[0].seen + 1)
+        return self._attend_step(layer_idx, states, query, key, value, scaling)
 
     def _attend_prompt(self, layer_idx, query, key, value, mask, scaling):
+        batch = query.shape[0]
+        pads = self.pads if len(self.pads) == batch else [0] * batch
+        if layer_idx == 0 or len(self.rows) != batch:
+            self.rows = [{} for _ in range(batch)]
+        if batch == 1 and pads[0] == 0:  # the paper's case, as it computes it
+            out = self._score_prompt(layer_idx, 0, query, key, value, mask, scaling)
+            self.backend.prepare_next([self.rows[0][layer_idx]], self.cache, layer_idx, pads)
+            return out, None
+        out = query.new_zeros(batch, query.shape[2], query.shape[1], query.shape[3])  # padding rows stay 0
+        for b, pad in enumerate(pads):  # each row alone: its own tokens, causal (padding is never scored)
+            rows = slice(b, b + 1), slice(None), slice(pad, None)
+            out[b:b + 1, pad:] = self._score_prompt(layer_idx, b, query[rows], key[rows], value[rows], None, scaling)
+        self.backend.prepare_next([row[layer_idx] for row in self.rows], self.cache, layer_idx, pads)
+        return out, None
+
+    def _score_prompt(self, layer_idx, row, query, key, value, mask, scaling):
+        """One row's prompt: query (1, heads, L, d) -> output (1, L, heads, d); its state and decision."""
         kv_heads, prompt_len = key.shape[1], key.shape[2]
         budget = self.budget(prompt_len)
         if budget.recent == 0 and layer_idx == 0:
             warnings.warn(f"heavy_ratio {self.config.heavy_ratio} gives a recent budget of 0 for a "
-                          f"{prompt_len}-token prompt: nothing is pruned (as in the paper's code)", stacklevel=2)
+                          f"{prompt_len}-token prompt: nothing is pruned (as in the paper's code)", stacklevel=3)
         score_dtype = self.config.resolved_score_dtype(query.dtype)
         out, sums = self._prefill(query, key, value, mask, scaling, self.method.query_window, score_dtype)
         norms = policy.value_l1_norm(value[0].to(score_dtype))  # (kv_heads, L)
         scores = self.method.prompt_scores(sums, kv_heads, norms, self.config.sink_len)  # (kv_heads, L)
         state = LayerState(scores=scores, value_norms=norms, budget=budget, seen=prompt_len)
-        self.layers[layer_idx] = state
-        self._decide(layer_idx, state)
+        self.rows[row][layer_idx] = state
+        self._decide(layer_idx, row, state)
+        return out
+
+    def _attend_step(self, layer_idx, states, query, key, value, scaling):
+        pads = self.pads if len(self.pads) == len(states) else [0] * len(states)
+        keep = self.backend.step_mask(states, pads)  # (B, kv_heads, kv_len) or None
+        out, probs = scoring.decode_step(query, key, value, keep, scaling, states[0].scores.dtype)
+        kv_heads = key.shape[1]
+        for b, (state, pad) in enumerate(zip(states, pads)):
+            step = policy.group_to_kv_heads(probs[b], kv_heads)  # (kv_heads, kv_len), in cache order
+            order = self.backend.step_order(state, key.shape[2])  # evict: slots are not in token order
+            if order is None:  # the cache holds the row's tokens in order, after its padding
+                step, new_value = step[:, pad:], value[b, :, -1:]
+            else:
+                step = step.gather(1, order)
+                new_value = value[b].gather(1, order[:, -1:, None].expand(-1, -1, value.shape[-1]))
+            new_norm = policy.value_l1_norm(new_value.to(state.scores.dtype))
+            state.value_norms = torch.cat([state.value_norms, new_norm], dim=1)
+            scores = self.method.step_scores(state.scores, step, state.value_norms)
+            state.seen += 1
+            if scores is None:  # the method prunes nothing while decoding
+                self.backend.keep_new_token(state)
+            else:
+                state.scores = scores
+                self._decide(layer_idx, b, state)
+        self.backend.prepare_next(states, self.cache, layer_idx, pads)
         return out, None
 
-    def _attend_step(self, layer_idx, state, query, key, value, scaling):
-        keep = self.backend.step_mask(state)
-        out, probs = scoring.decode_step(query, key, value, keep, scaling, state.scores.dtype)
-        step = policy.group_to_kv_heads(probs, key.shape[1])  # (kv_heads, kv_len), in cache order
-        order = self.backend.step_order(state, key.shape[2])  # evict: slots are not in token order
-        if order is None:
-            new_value = value[0, :, -1:]
-        else:
-            step = step.gather(1, order)
-            new_value = value[0].gather(1, order[:, -1:, None].expand(-1, -1, value.shape[-1]))
-        new_norm = policy.value_l1_norm(new_value.to(state.scores.dtype))
-        state.value_norms = torch.cat([state.value_norms, new_norm], dim=1)
-        scores = self.method.step_scores(state.scores, step, state.value_norms)
-        state.seen += 1
-        if scores is None:  # the method prunes nothing while decoding
-            self.backend.keep_new_token(state)
-        else:
-            state.scores = scores
-            self._decide(layer_idx, state)
-        return out, None
-
-    def _decide(self, layer_idx: int, state: LayerState) -> None:
+    def _decide(self, layer_idx: int, row: int, state: LayerState) -> None:
         keep = policy.keep_mask(state.scores, state.budget)
         state.scores = policy.drop_pruned(state.scores, keep)
         self.backend.apply(state, keep, self.cache, layer_idx)

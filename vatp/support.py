@@ -2,7 +2,7 @@
 
 vatp computes each layer's attention itself to score the keys, so an
 attention feature it does not implement (a sliding window, logit softcapping,
-learned attention sinks, dropout, padding) would make the scores, and so the
+learned attention sinks, dropout, right padding) would make the scores, and so the
 kept tokens, silently differ from the model's own attention. Each check
 below raises :class:`UnsupportedError` naming the fix instead. They run at
 the prompt's forward, before the first token is generated.
@@ -51,12 +51,21 @@ def check_window(layer_idx: int, window: int | None, length: int) -> None:
             "without a sliding window")
 
 
-def check_unpadded(attention_mask) -> None:
-    """Refuse padding: zeros in a 2-D ``attention_mask`` (batch, length)."""
-    if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
-        raise UnsupportedError("attention_mask has zeros (padding): vatp prunes one unpadded prompt at a time, "
-                               "as the paper's code; pass the prompt without padding, with "
-                               "attention_mask=torch.ones_like(input_ids)")
+def left_padding(attention_mask) -> list[int]:
+    """Per row, how many padding tokens (zeros of a 2-D ``attention_mask`` (batch, length)) precede the prompt.
+
+    Each row's zeros must be a prefix (left padding, as ``generate`` needs); others are refused.
+    """
+    if attention_mask is None or attention_mask.dim() != 2:
+        return []
+    real = attention_mask.bool()
+    pads = (~real).int().cumprod(dim=1).sum(dim=1)  # leading zeros per row
+    if int(real.sum()) != int((real.shape[1] - pads).sum()):
+        raise UnsupportedError("attention_mask has zeros after a row's first token (right padding or holes): vatp "
+                               "prunes left-padded batches only; set tokenizer.padding_side = 'left'")
+    if bool((pads == real.shape[1]).any()):
+        raise UnsupportedError("a row of attention_mask is all zeros: every prompt needs at least one token")
+    return pads.tolist()
 
 
 def check_every_layer(seen: dict[int, int], layers: list[int]) -> None:

@@ -1,0 +1,85 @@
+"""A left-padded batch prunes each row exactly as if it ran alone: same tokens, same kept sets, no padding kept.
+
+Every method, with and without VATP, both backends, float32, on tiny random
+Llamas (MHA and GQA) with prompts whose lengths differ by more than a budget.
+"""
+import pytest
+import torch
+
+import vatp
+from conftest import tiny_llama
+from vatp.names import METHODS
+
+LENGTHS = [150, 57, 95]  # 150 - 57 = 93: more than the budgets of the shorter rows (38, 66)
+VARIANTS = [(method, apval) for method in METHODS for apval in (False, True)]
+VARIANT_IDS = [vatp.names.method_label(m, a) for m, a in VARIANTS]
+STEPS = 16
+
+
+def _prompts(lengths, vocab=128):
+    return [torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(n)) for n in lengths]
+
+
+def _left_padded(prompts):
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def _generate(model, ids, mask):
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False,
+                             pad_token_id=0)
+    return out[:, ids.shape[1]:].tolist()
+
+
+def _kept(session, row, backend):
+    """Per layer, the positions (of the row's own tokens) each KV head keeps."""
+    if backend == "mask":
+        return {i: [s.keep[h, :-1].nonzero().flatten().tolist() for h in range(s.keep.shape[0])]
+                for i, s in session.rows[row].items()}
+    return {i: [sorted(p.tolist()) for p in s.positions] for i, s in session.rows[row].items()}
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_a_batch_equals_each_row_alone(variant, backend):
+    method, apval = variant
+    model = tiny_llama(num_heads=6, num_kv_heads=2, hidden=96)
+    prompts = _prompts(LENGTHS)
+    settings = dict(method=method, apval=apval, heavy_ratio=0.35, sink_len=4, backend=backend)
+    alone, kept_alone = [], []
+    with vatp.enabled(model, **settings) as session:
+        for prompt in prompts:
+            alone.append(_generate(model, prompt[None], torch.ones(1, len(prompt), dtype=torch.long))[0])
+            kept_alone.append(_kept(session, 0, backend))
+        batched = _generate(model, *_left_padded(prompts))
+        kept_batched = [_kept(session, row, backend) for row in range(len(prompts))]
+    assert batched == alone
+    assert kept_batched == kept_alone
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_padding_is_never_attended_nor_kept(backend):
+    model = tiny_llama(num_heads=4, num_kv_heads=2)
+    ids, mask = _left_padded(_prompts([80, 30]))
+    with vatp.enabled(model, heavy_ratio=0.25, h2o=True, apval=True, sink_len=2, backend=backend) as session:
+        _generate(model, ids, mask)
+        states = [row[0] for row in session.rows]
+        assert session.pads == [0, 50]
+        assert [s.budget.total for s in states] == [40, 14]  # each row's own length
+        if backend == "mask":
+            keep = session.backend.step_mask(states, session.pads)  # what the next step attends
+            assert not keep[1, :, :50].any() and (keep[1].sum(dim=1) == 14 + 1).all()  # budget + incoming slot
+        else:
+            cache = session.cache.layers[0]
+            # Row 1 holds its 14-token budget plus the slot its next token takes; the rest of its slots are unused.
+            assert [s.used for s in states] == [41, 15] and cache.keys.shape[-2] == 41
+            held = session.backend.step_mask(states, session.pads)
+            assert held[1, :, :15].all() and not held[1, :, 15:].any()
+            assert all(int(p.min()) >= 0 for p in states[1].positions)  # own tokens only (no padding index)
+
