@@ -28,7 +28,7 @@ from vatp.longbench import runs
 from vatp.longbench.data import (DataError, UsageError, config_dir, default_datasets, load_samples, read_config,
                                  resolve_model, seed_everything)
 from vatp.longbench.models import default_dtype, load_model_config, load_tokenizer
-from vatp.longbench.prompts import decode, encode_prompt, generation_kwargs, post_process
+from vatp.longbench.prompts import cut_at_stop, decode, encode_prompt, generation_kwargs, left_pad, post_process
 from vatp.support import UnsupportedError
 
 
@@ -76,6 +76,9 @@ def parse_args(argv=None):
     ours.add_argument("--trust_remote_code", action="store_true",
                       help="run the code a model's repository ships (chatglm, internlm, xgen need it); "
                            "only for repositories you trust")
+    ours.add_argument("--batch_size", type=int, default=1,
+                      help="prompts generated together, grouped by length (left-padded); each is pruned as if it "
+                           "ran alone, and the predictions are the same (default 1, as the paper)")
     ours.add_argument("--overwrite", action="store_true",
                       help="delete predictions made with other settings instead of refusing")
     return p.parse_args(argv)
@@ -96,6 +99,8 @@ def check_args(args) -> None:
         raise UsageError(f"--sink_len must be >= 0, got {args.sink_len}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.h2o and args.method not in (None, "h2o"):
         raise UsageError(f"--h2o picks H2O but --method says {args.method}; give one of them")
 
@@ -275,20 +280,25 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
     state.wait_for_everyone()
     with runs.PredictionWriter(out_dir, name, rank, world) as writer:
         todo = [i for i in runs.shard_indices(len(samples), rank, world) if ids[i] not in writer.done]
-        bar = tqdm(todo, desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process, dynamic_ncols=True)
-        for i in bar:
-            input_ids = encoded[i]
+        bar = tqdm(total=len(todo), desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process,
+                   dynamic_ncols=True)
+        for batch in by_length(todo, encoded, args.batch_size):
             if session is not None:
-                budget = session.budget(input_ids.shape[1])
-                kept.append(min(budget.total, input_ids.shape[1]) / input_ids.shape[1])
-                bar.set_postfix(prompt=input_ids.shape[1], budget=budget.total)
-            input_ids = input_ids.to(model.device)
+                for i in batch:
+                    budget = session.budget(encoded[i].shape[1])
+                    kept.append(min(budget.total, encoded[i].shape[1]) / encoded[i].shape[1])
+                bar.set_postfix(prompt=encoded[batch[-1]].shape[1], budget=budget.total)
+            settings = generation_kwargs(tokenizer, name, max_new, max(encoded[i].shape[1] for i in batch))
+            input_ids, mask = left_pad([encoded[i] for i in batch], settings["pad_token_id"])
             with torch.no_grad():
-                output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                                        **generation_kwargs(tokenizer, name, max_new, input_ids.shape[1]))
-            pred = decode(tokenizer, output[0, input_ids.shape[1]:])
-            writer.write(runs.prediction_record(post_process(pred, args.model), samples[i], i, ids[i]))
-            new += 1
+                output = model.generate(input_ids.to(model.device), attention_mask=mask.to(model.device), **settings)
+            for row, i in enumerate(batch):
+                pred = decode(tokenizer, cut_at_stop(output[row, input_ids.shape[1]:], settings.get(
+                    "eos_token_id", model.generation_config.eos_token_id)))
+                writer.write(runs.prediction_record(post_process(pred, args.model), samples[i], i, ids[i]))
+            new += len(batch)
+            bar.update(len(batch))
+        bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
         final = runs.final_path(out_dir, name)
@@ -299,6 +309,15 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
             print(f"{name}: warning: only {count} of {len(samples)} samples predicted", file=sys.stderr)
         print(f"{name}: {count}/{len(samples)} predictions in {final} ({new} new on rank 0 of {world}, "
               f"{time.time() - started:.1f} s, {method}{budget})", flush=True)
+
+
+def by_length(todo: list[int], encoded: list, size: int) -> list[list[int]]:
+    """``todo`` in batches of up to ``size`` samples of neighbouring prompt lengths (the least padding).
+
+    One at a time, in dataset order, as the paper's code, when ``size`` is 1.
+    """
+    order = sorted(todo, key=lambda i: (encoded[i].shape[1], i)) if size > 1 else todo
+    return [order[k:k + size] for k in range(0, len(order), size)]
 
 
 def describe(args) -> str:

@@ -23,3 +23,14 @@ def test_bench_smoke_reports_half_the_kv_for_evict(tmp_path):
     assert points["evict"]["kv_x"] == 65 / 131
     assert out.with_suffix(".md").read_text().count("\n| 128 |") == 3
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_batch_bench_smoke_reports_every_mode_and_batch_size(tmp_path):
+    out = tmp_path / "batch"
+    subprocess.run([sys.executable, "bench/bench_batch.py", "--shape", "tiny", "--length", "96", "--spread", "32",
+                    "--new_tokens", "3", "--batches", "1", "2", "--repeats", "1", "--out", str(out)],
+                   check=True, cwd=REPO, capture_output=True)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["mode"], r["batch"]) for r in rows] == [(m, b) for m in ("full", "mask", "evict") for b in (1, 2)]
+    assert all(r["tokens_per_s"] == pytest.approx(3 * r["samples_per_s"], rel=1e-3) for r in rows)  # 3 tokens a sample
+    assert out.with_suffix(".md").read_text().count("\n| evict |") == 2 and out.with_suffix(".png").is_file()

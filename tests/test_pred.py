@@ -104,6 +104,39 @@ def test_evict_backend_predicts_like_mask(reference, data, one_model, tmp_path):
     assert json.loads((out / "run_samsum.json").read_text())["settings"]["scoring"] == "chunked"
 
 
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_batch_size_gives_the_same_prediction_files(reference, data, one_model, tmp_path, backend):
+    out = run_main(data, tmp_path, "--batch_size", "2", "--backend", backend)
+    for name in DATASETS:
+        assert (out / f"{name}.jsonl").read_bytes() == (reference / f"{name}.jsonl").read_bytes()
+    assert json.loads((out / "run_samsum.json").read_text())["sessions"][0]["args"]["batch_size"] == 2
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    """Four samples of every offline-suite task, of ~300 and ~500 tokens."""
+    from vatp.longbench.suite import write_suite
+
+    folder = tmp_path_factory.mktemp("suite")
+    write_suite(folder, samples=4, tokens=(300, 500))
+    return folder
+
+
+@pytest.mark.parametrize("flags,tasks", [
+    (["--apval", "--backend", "mask"], ["offline_qa", "offline_retrieval", "offline_count", "offline_code",
+                                        "offline_classify"]),
+    (["--method", "snapkv", "--apval", "--backend", "evict"], ["offline_qa", "offline_count"]),
+], ids=["scissorhands+vatp-mask-all-tasks", "snapkv+vatp-evict"])
+def test_batch_of_4_equals_batch_of_1_over_the_offline_suite(suite, one_model, tmp_path, flags, tasks):
+    common = ["--data_dir", str(suite), "--datasets", *tasks, "--heavy_ratio", "0.25", "--sink_len", "4",
+              "--device", "cpu", *flags]
+    assert pred.main([*common, "--save", str(tmp_path / "one")]) == 0
+    assert pred.main([*common, "--save", str(tmp_path / "four"), "--batch_size", "4"]) == 0
+    for task in tasks:
+        one, four = (tmp_path / run / MODEL / f"{task}.jsonl" for run in ("one", "four"))
+        assert len(read_lines(one)) == 4 and four.read_bytes() == one.read_bytes()
+
+
 def test_snapkv_with_vatp_runs_from_pred_py_and_evict_predicts_like_mask(data, one_model, tmp_path, capsys):
     flags = ["--data_dir", str(data), "--datasets", *DATASETS, "--method", "snapkv", "--apval", "--sink_len", "4",
              "--heavy_ratio", "0.25", "--limit", "2", "--device", "cpu"]

@@ -76,6 +76,30 @@ def generation_kwargs(tokenizer, dataset: str, max_new_tokens: int, context_leng
     return kwargs
 
 
+def left_pad(prompts: list, pad_id: int):
+    """Prompts (1, n_i) as one left-padded batch: token ids and attention mask, both (B, max n_i)."""
+    import torch
+
+    width = max(p.shape[1] for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=prompts[0].dtype)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - prompt.shape[1]:] = prompt[0]
+        mask[row, width - prompt.shape[1]:] = 1
+    return ids, mask
+
+
+def cut_at_stop(tokens, stop_ids) -> list:
+    """A row's generated tokens up to and including its first stop token: what it generates alone.
+
+    In a batch, rows that stopped are filled up with padding while the others go on.
+    """
+    tokens = tokens.tolist()
+    stops = {stop_ids} if isinstance(stop_ids, int) else set(stop_ids or ())
+    end = next((k + 1 for k, token in enumerate(tokens) if token in stops), len(tokens))
+    return tokens[:end]
+
+
 def post_process(response: str, model_name: str) -> str:
     if "xgen" in model_name:
         return response.strip().replace("Assistant:", "")

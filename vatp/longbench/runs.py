@@ -64,7 +64,7 @@ __all__ = ["LONGBENCH_KEYS", "UNCOMPARED", "PredictionWriter", "RunIOError", "Ru
 log = logging.getLogger(__name__)
 
 UNCOMPARED = frozenset({"device", "device_map", "limit", "save", "data_dir", "dataset", "datasets", "overwrite",
-                        "num_processes", "trust_remote_code"})
+                        "num_processes", "trust_remote_code", "batch_size"})
 _ABSENT = "<absent>"
 
 
