@@ -63,8 +63,9 @@ def parse_args(argv=None):
     ours.add_argument("--backend", choices=names.BACKENDS, default="mask",
                       help="mask: the paper's faithful masking (default); evict: remove pruned tokens from the cache")
     ours.add_argument("--scoring", choices=names.SCORINGS, default=None,
-                      help="prefill scoring: eager L x L probabilities, chunked (eager in chunks of query rows) or fused "
-                           "(SDPA + a Triton column-sum kernel, CUDA); default eager for mask, chunked for evict")
+                      help="prefill scoring: eager L x L probabilities, chunked (eager in chunks of query rows) "
+                           "or fused (SDPA + a Triton column-sum kernel, CUDA); default eager for mask, chunked for "
+                           "evict")
     ours.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: accelerate's, else cuda if available)")
     ours.add_argument("--device_map", default=None, help="e.g. auto: spread a model too big for one GPU over several")
     ours.add_argument("--dtype", choices=names.DTYPE_NAMES, default=None,
@@ -268,7 +269,6 @@ def encode_dataset(args, name, samples, tokenizer, prompt_format, max_length, co
 
 def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max_new, out_dir, state, plan) -> None:
     """Predict the samples of ``name`` not done yet, then (rank 0) merge them; ``plan``: rank 0's checked run."""
-    import torch
     from tqdm import tqdm
 
     rank, world = state.process_index, state.num_processes
@@ -280,25 +280,19 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
     state.wait_for_everyone()
     with runs.PredictionWriter(out_dir, name, rank, world) as writer:
         todo = [i for i in runs.shard_indices(len(samples), rank, world) if ids[i] not in writer.done]
-        bar = tqdm(total=len(todo), desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process,
-                   dynamic_ncols=True)
-        for batch in by_length(todo, encoded, args.batch_size):
-            if session is not None:
-                for i in batch:
-                    budget = session.budget(encoded[i].shape[1])
-                    kept.append(min(budget.total, encoded[i].shape[1]) / encoded[i].shape[1])
-                bar.set_postfix(prompt=encoded[batch[-1]].shape[1], budget=budget.total)
-            settings = generation_kwargs(tokenizer, name, max_new, max(encoded[i].shape[1] for i in batch))
-            input_ids, mask = left_pad([encoded[i] for i in batch], settings["pad_token_id"])
-            with torch.no_grad():
-                output = model.generate(input_ids.to(model.device), attention_mask=mask.to(model.device), **settings)
-            for row, i in enumerate(batch):
-                pred = decode(tokenizer, cut_at_stop(output[row, input_ids.shape[1]:], settings.get(
-                    "eos_token_id", model.generation_config.eos_token_id)))
-                writer.write(runs.prediction_record(post_process(pred, args.model), samples[i], i, ids[i]))
-            new += len(batch)
-            bar.update(len(batch))
-        bar.close()
+        with tqdm(total=len(todo), desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process,
+                  dynamic_ncols=True) as bar:  # closed before an interrupt's message
+            for batch in by_length(todo, encoded, args.batch_size):
+                if session is not None:
+                    for i in batch:
+                        budget = session.budget(encoded[i].shape[1])
+                        kept.append(min(budget.total, encoded[i].shape[1]) / encoded[i].shape[1])
+                    bar.set_postfix(prompt=encoded[batch[-1]].shape[1], budget=budget.total)
+                preds = generate_batch(model, tokenizer, name, max_new, [encoded[i] for i in batch])
+                for i, pred in zip(batch, preds):
+                    writer.write(runs.prediction_record(post_process(pred, args.model), samples[i], i, ids[i]))
+                new += len(batch)
+                bar.update(len(batch))
     state.wait_for_everyone()
     if state.is_main_process:
         final = runs.final_path(out_dir, name)
@@ -309,6 +303,18 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
             print(f"{name}: warning: only {count} of {len(samples)} samples predicted", file=sys.stderr)
         print(f"{name}: {count}/{len(samples)} predictions in {final} ({new} new on rank 0 of {world}, "
               f"{time.time() - started:.1f} s, {method}{budget})", flush=True)
+
+
+def generate_batch(model, tokenizer, name: str, max_new: int, prompts: list) -> list[str]:
+    """The decoded answers to ``prompts`` (each (1, n)), generated together as one left-padded batch."""
+    import torch
+
+    settings = generation_kwargs(tokenizer, name, max_new, max(ids.shape[1] for ids in prompts))
+    input_ids, mask = left_pad(prompts, settings["pad_token_id"])
+    with torch.no_grad():
+        output = model.generate(input_ids.to(model.device), attention_mask=mask.to(model.device), **settings)
+    stops = settings.get("eos_token_id", model.generation_config.eos_token_id)
+    return [decode(tokenizer, cut_at_stop(row[input_ids.shape[1]:], stops)) for row in output]
 
 
 def by_length(todo: list[int], encoded: list, size: int) -> list[list[int]]:

@@ -293,6 +293,18 @@ def test_decode_keeps_cleanup_where_transformers_applies_it(transformers_log):
 
 
 def test_pred_decodes_through_longbench():
-    source = inspect.getsource(load_pred().predict_dataset)
-    assert "decode(tokenizer, output[0, input_ids.shape[1]:])" in source
+    source = inspect.getsource(load_pred().generate_batch)
+    assert "decode(tokenizer, cut_at_stop(row[input_ids.shape[1]:], stops))" in source
     assert "tokenizer.decode(" not in source
+
+
+def test_a_batch_is_left_padded_and_each_row_cut_at_its_own_stop():
+    import torch
+
+    from vatp.longbench.prompts import cut_at_stop, left_pad
+
+    ids, mask = left_pad([torch.tensor([[5, 6, 7]]), torch.tensor([[8]])], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    # A row that stopped is filled with padding while the others go on: cut after its first stop token.
+    assert cut_at_stop(torch.tensor([4, 13, 2, 2, 2]), [2, 13]) == [4, 13]
+    assert cut_at_stop(torch.tensor([4, 5, 6]), 2) == [4, 5, 6] and cut_at_stop(torch.tensor([4, 2]), None) == [4, 2]
