@@ -64,6 +64,7 @@ def predict(args, data: Path, save: Path, flags: list[str]) -> Path | None:
         return None
     run([sys.executable, "pred.py", "--model", args.model, "--data_dir", str(data), "--datasets", *TASKS,
          "--save", str(save), "--backend", args.backend, *(["--device", args.device] if args.device else []),
+         "--batch_size", str(args.batch_size),
          *flags])
     run([sys.executable, "eval.py", "--model", args.model, "--save", str(save)])
     return folder
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.35, 0.5], help="KV budget, share of the prompt")
     p.add_argument("--sink_len", type=int, default=20, help="sinks of VATP and StreamingLLM (the paper's 20)")
     p.add_argument("--backend", default="mask", choices=["mask", "evict"])
+    p.add_argument("--batch_size", type=int, default=1, help="pred.py's --batch_size (the predictions do not change)")
     p.add_argument("--device", default=None)
     p.add_argument("--report_only", action="store_true", help="run nothing; report the finished points")
     args = p.parse_args(argv)
