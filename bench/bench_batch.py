@@ -18,9 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from bench_kv import SETTINGS, SHAPES, load
-
-from vatp.names import DTYPE_NAMES
+from bench_kv import SETTINGS, load, model_arguments
 
 MODES = ("full", "mask", "evict")
 
@@ -95,10 +93,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct", help="a config/model2path.json name")
-    p.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this shape instead of --model")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
+    model_arguments(p)
     p.add_argument("--length", type=int, default=1024, help="the longest prompt of a batch")
     p.add_argument("--spread", type=int, default=64, help="prompt lengths spread over this many tokens")
     p.add_argument("--new_tokens", type=int, default=32)

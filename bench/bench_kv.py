@@ -146,12 +146,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that say which model to benchmark, where and in which dtype (shared with bench_batch.py)."""
     p.add_argument("--model", default="smollm2-135m-instruct", help="a config/model2path.json name")
     p.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this shape instead of --model")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_arguments(p)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--scoring", choices=["chunked", "fused"], default="chunked", help="evict's prefill scoring")

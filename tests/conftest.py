@@ -53,6 +53,17 @@ def greedy(model, ids, steps=12):
     return out.sequences[0, ids.shape[1]:].tolist(), torch.stack(out.logits)[:, 0]
 
 
+def eager_forward(model, ids):
+    """The model's own forward with eager attention: ``.attentions`` per layer (1, heads, L, L) and the cache."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(ids, output_attentions=True, use_cache=True)
+    finally:
+        model.set_attn_implementation(previous)
+
+
 # Fixtures that load the embedded model: a test using one is `slow`. `pytest -m "not slow"` is the fast tier;
 # modules that run pred.py, notebooks or Triton's interpreter as subprocesses mark themselves.
 SLOW_FIXTURES = {"embedded", "half_model", "one_model", "reference"}

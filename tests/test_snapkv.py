@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import vatp
-from conftest import greedy, tiny_llama
+from conftest import eager_forward, greedy, tiny_llama
 from vatp.methods import BudgetError, get_method
 
 WINDOW, KERNEL = 32, 7
@@ -24,13 +24,7 @@ def _prompt(n, seed=3, vocab=128):
 
 def direct_scores(model, ids, apval, sink_len):
     """Per layer, SnapKV's (kv_heads, L - WINDOW) scores of the prefix, straight from its definition."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = model(ids, output_attentions=True, use_cache=True)
-    finally:
-        model.set_attn_implementation(previous)
+    out = eager_forward(model, ids)
     kv_heads = model.config.num_key_value_heads
     prefix = ids.shape[1] - WINDOW
     scores = []

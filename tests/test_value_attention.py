@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vatp
-from conftest import tiny_llama
+from conftest import eager_forward, tiny_llama
 from vatp.analysis import probe, value_attention
 from vatp.analysis.figures import default_prompt
 
@@ -26,13 +26,7 @@ def ids():
 @pytest.fixture(scope="module")
 def reference(model, ids):
     """Column sums of the eager attention the model returns (mean per GQA group) and the cache's value L1 norms."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = model(ids, output_attentions=True, use_cache=True)
-    finally:
-        model.set_attn_implementation(previous)
+    out = eager_forward(model, ids)
     group = HEADS // KV_HEADS
     scores = torch.stack([a[0].sum(dim=-2).view(KV_HEADS, group, L).mean(dim=1) for a in out.attentions])
     norms = torch.stack([layer.values[0].abs().sum(dim=-1) for layer in out.past_key_values.layers])
