@@ -244,7 +244,7 @@ def settle_scoring(args, config, model_config, encoded, device, dtype) -> str:
     if args.scoring is None and scoring == "eager":
         longest = max(ids.shape[1] for prompts in encoded.values() for ids in prompts)
         scoring, reason = footprint.choose_scoring(model_config, longest, getattr(torch, dtype),
-                                                   footprint.free_bytes(device))
+                                                   footprint.free_bytes(device), args.batch_size)
         if reason:
             print(f"pred.py: {reason}", file=sys.stderr, flush=True)
     return scoring

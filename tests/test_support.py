@@ -138,3 +138,18 @@ def test_float16_scores_default_to_the_model_dtype():
     model = tiny_llama(num_heads=4, num_kv_heads=2).half()
     _, dtype = _decode_gain(model, None, length=50, steps=2)
     assert dtype == torch.float16
+
+
+def test_a_batch_counts_every_prompts_cache_when_choosing_the_scoring():
+    from transformers import LlamaConfig
+
+    from vatp import footprint
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128)
+    eager = footprint.eager_scoring_bytes(4, 1000, 4)
+    cache = footprint.kv_cache_bytes(config, 1000, 4)
+    free = footprint.weight_bytes(config, 4) + eager + 2 * cache
+    assert footprint.choose_scoring(config, 1000, torch.float32, free, batch=2) == ("eager", None)
+    scoring, reason = footprint.choose_scoring(config, 1000, torch.float32, free, batch=3)
+    assert scoring == "chunked" and "using chunked scoring" in reason
