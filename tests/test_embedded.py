@@ -41,9 +41,13 @@ def test_evict_equals_mask_and_the_cache_holds_the_budget(embedded, prompt, vari
     assert lengths == [[budget.total] * model.config.num_hidden_layers] * STEPS
 
 
-@pytest.fixture(scope="module")
-def half_model(embedded):
-    return copy.deepcopy(embedded[0]).half()
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=CUDA)])
+def half_model(embedded, request):
+    """The embedded model in float16, on the CPU and (where there is one) on a CUDA GPU."""
+    return copy.deepcopy(embedded[0]).half().to(request.param)
 
 
 def _kept_positions(session, layers, backend):
@@ -70,7 +74,7 @@ def test_evict_equals_mask_in_float16(half_model, prompt, variant):
             hook = half_model.lm_head.register_forward_hook(
                 lambda *_: kept.append(_kept_positions(session, layers, backend)))
             try:
-                tokens, logits = greedy(half_model, prompt, STEPS)
+                tokens, logits = greedy(half_model, prompt.to(half_model.device), STEPS)
             finally:
                 hook.remove()
             assert session.layers[0].scores.dtype == torch.float16
