@@ -79,3 +79,13 @@ def test_the_public_api_and_the_names_import_no_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr
+
+
+def test_pred_refuses_a_bad_flag_before_importing_torch():
+    code = ("import sys, importlib.util; spec = importlib.util.spec_from_file_location('pred', 'pred.py'); "
+            "pred = importlib.util.module_from_spec(spec); spec.loader.exec_module(pred); "
+            "code = pred.main(['--heavy_ratio', '2', '--method', 'snapkv']); "
+            "assert code == 2 and 'torch' not in sys.modules, (code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "--heavy_ratio must be in (0, 1]" in done.stderr
