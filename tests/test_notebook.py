@@ -31,7 +31,7 @@ def test_committed_notebook_is_clean():
     assert 'model_name = "smollm2-135m-instruct"' in code[0].source
 
 
-def test_notebook_shows_the_three_figures(executed):
+def test_notebook_shows_its_four_figures(executed):
     outputs = [out for cell in executed.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
