@@ -153,3 +153,14 @@ def test_a_batch_counts_every_prompts_cache_when_choosing_the_scoring():
     assert footprint.choose_scoring(config, 1000, torch.float32, free, batch=2) == ("eager", None)
     scoring, reason = footprint.choose_scoring(config, 1000, torch.float32, free, batch=3)
     assert scoring == "chunked" and "using chunked scoring" in reason
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_beam_search_is_refused(backend):
+    model = tiny_llama()
+    ids = _prompt(30)
+    with vatp.enabled(model, heavy_ratio=0.25, backend=backend):
+        with pytest.raises(UnsupportedError, match="beam search reorders the cache's rows.*num_beams=1"):
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, num_beams=2, do_sample=False)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, num_beams=2, do_sample=False)
+    assert out.shape == (1, 34)  # without vatp, beam search runs

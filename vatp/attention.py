@@ -110,7 +110,8 @@ def enabled(model, config: VatpConfig | None = None, **settings):
 def _before_forward(session: VatpSession, decoder):
     """Decoder pre-hook: note each row's left padding at a prompt; for the evict backend, remember the cache.
 
-    Padding other than on the left is refused. The evict backend compacts the
+    Padding other than on the left is refused, and so is beam search: the
+    sample's cache gets a ``reorder_cache`` that refuses. The evict backend compacts the
     cache in place. If the caller passed none, create one (the model would
     create its own otherwise, out of our reach). Without explicit positions
     the model would derive them from the (shrunken) cache length, so supply
@@ -123,10 +124,12 @@ def _before_forward(session: VatpSession, decoder):
         fresh = cache is None or cache.get_seq_length() == 0
         if fresh:  # a prompt; decode steps only append ones to the mask (no host sync there)
             session.pads = support.left_padding(kwargs.get("attention_mask")) or [0] * inputs.shape[0]
+        if cache is None and session.config.backend == "evict" and kwargs.get("use_cache", True) is not False:
+            cache = kwargs["past_key_values"] = DynamicCache(config=decoder.config)
+        if fresh and cache is not None:  # this sample's own cache object: its rows must stay where they are
+            cache.reorder_cache = support.refuse_reordering
         if session.config.backend != "evict":
             return args, kwargs
-        if cache is None and kwargs.get("use_cache", True) is not False:
-            cache = kwargs["past_key_values"] = DynamicCache(config=decoder.config)
         session.cache = cache
         if kwargs.get("position_ids") is None:
             past = 0 if fresh else session.seen_tokens()

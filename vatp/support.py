@@ -68,6 +68,12 @@ def left_padding(attention_mask) -> list[int]:
     return pads.tolist()
 
 
+def refuse_reordering(*_args, **_kwargs) -> None:
+    """A generation cache's ``reorder_cache`` while vatp prunes it: beam search moves rows between steps."""
+    raise UnsupportedError("beam search reorders the cache's rows between steps, and vatp's per-row pruning state "
+                           "does not follow them; use num_beams=1 (greedy or sampling, as the paper's code)")
+
+
 def check_every_layer(seen: dict[int, int], layers: list[int]) -> None:
     """After a forward, every attention layer must have gone through vatp, as often as the others.
 
