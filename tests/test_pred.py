@@ -112,6 +112,17 @@ def test_batch_size_gives_the_same_prediction_files(reference, data, one_model, 
     assert json.loads((out / "run_samsum.json").read_text())["sessions"][0]["args"]["batch_size"] == 2
 
 
+def test_a_batched_run_resumes_with_another_batch_size(reference, data, one_model, tmp_path):
+    without_limit = FLAGS[:FLAGS.index("--limit")] + FLAGS[FLAGS.index("--limit") + 2:]
+    common = ["--data_dir", str(data), "--save", str(tmp_path), "--datasets", *DATASETS, *without_limit]
+    assert pred.main([*common, "--limit", "1", "--batch_size", "2"]) == 0
+    assert pred.main([*common, "--limit", "2", "--batch_size", "3"]) == 0  # only the second sample is new
+    for name in DATASETS:
+        assert (tmp_path / MODEL / f"{name}.jsonl").read_bytes() == (reference / f"{name}.jsonl").read_bytes()
+    sessions = json.loads((tmp_path / MODEL / "run_samsum.json").read_text())["sessions"]
+    assert [s["args"]["batch_size"] for s in sessions] == [2, 3]
+
+
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     """Four samples of every offline-suite task, of ~300 and ~500 tokens."""
