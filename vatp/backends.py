@@ -52,7 +52,7 @@ class MaskBackend:
             return states[0].keep[None]
         return torch.stack([F.pad(state.keep, (pad, 0), value=False) for state, pad in zip(states, pads)])
 
-    def step_order(self, state: LayerState, kv_len: int) -> torch.Tensor | None:
+    def step_order(self, state: LayerState) -> torch.Tensor | None:
         return None  # the cache is in token order
 
 
@@ -135,7 +135,7 @@ class EvictBackend:
         """A step that prunes nothing: the next token takes a new slot."""
         state.freed = None
 
-    def prepare_next(self, states: list[LayerState], cache, layer_idx: int, pads: list[int] | None = None) -> None:
+    def prepare_next(self, states: list[LayerState], cache, layer_idx: int, pads: list[int]) -> None:
         """After every row decided: compact the prompt's cache, then say where each row's next token goes."""
         if cache is None:  # use_cache=False: no next step to prepare
             return
@@ -148,9 +148,9 @@ class EvictBackend:
                 state.used += 1
             else:
                 state.next_slot = state.freed
-        capacity = layer.keys.shape[-2]
-        if max(state.used for state in states) > capacity:
-            layer.grow(max(state.used for state in states) - capacity)
+        needed = max(state.used for state in states) - layer.keys.shape[-2]
+        if needed > 0:
+            layer.grow(needed)
         layer.free = torch.stack([state.next_slot for state in states])
 
     def step_mask(self, states: list[LayerState], pads: list[int]) -> torch.Tensor | None:
@@ -163,7 +163,7 @@ class EvictBackend:
         held = slots < torch.tensor(used, device=slots.device)[:, None]  # (B, capacity)
         return held[:, None, :].expand(-1, states[0].slots.shape[0], -1)
 
-    def step_order(self, state: LayerState, kv_len: int) -> torch.Tensor:
+    def step_order(self, state: LayerState) -> torch.Tensor:
         """(kv_heads, K + 1) the cache slot of each token of the row this step attended, oldest first.
 
         Also records it as ``state.slots``, the order :meth:`apply` decides in,
@@ -175,12 +175,11 @@ class EvictBackend:
         return state.slots
 
 
-def _compact(layer, states: list[LayerState], pads: list[int] | None) -> SlotLayer:
+def _compact(layer, states: list[LayerState], pads: list[int]) -> SlotLayer:
     """A SlotLayer holding row ``b``'s tokens ``states[b].slots`` (indices after its padding) in slots 0, 1, ...
 
     Rows that keep fewer tokens than the widest are padded with unused slots. Afterwards ``slots`` are slot indices.
     """
-    pads = pads or [0] * len(states)
     capacity = max(state.slots.shape[1] for state in states)
     index = torch.stack([F.pad(state.slots + pad, (0, capacity - state.slots.shape[1]))
                          for state, pad in zip(states, pads)])  # (B, kv_heads, capacity)

@@ -45,7 +45,7 @@ class VatpSession:
 
     def budget(self, prompt_len: int) -> policy.Budget:
         """The budget for a prompt of this length; raises BudgetError with a fix if there is none."""
-        return self.config.budget(prompt_len)
+        return self.method.checked_budget(prompt_len, self.config.heavy_ratio, self.config.sink_len)
 
     def seen_tokens(self) -> int:
         """Absolute length of the current sample, padding included (the cache may be shorter after eviction)."""
@@ -70,19 +70,23 @@ class VatpSession:
         support.check_window(layer_idx, sliding_window, states[0].seen + 1)
         return self._attend_step(layer_idx, states, query, key, value, scaling)
 
+    def _row_pads(self, batch: int) -> list[int]:
+        """Each row's padding, as the pre-hook noted it (none when the session is called without it)."""
+        return self.pads if len(self.pads) == batch else [0] * batch
+
     def _attend_prompt(self, layer_idx, query, key, value, mask, scaling):
         batch = query.shape[0]
-        pads = self.pads if len(self.pads) == batch else [0] * batch
+        pads = self._row_pads(batch)
         if layer_idx == 0 or len(self.rows) != batch:
             self.rows = [{} for _ in range(batch)]
         if batch == 1 and pads[0] == 0:  # the paper's case, as it computes it
             out = self._score_prompt(layer_idx, 0, query, key, value, mask, scaling)
-            self.backend.prepare_next([self.rows[0][layer_idx]], self.cache, layer_idx, pads)
-            return out, None
-        out = query.new_zeros(batch, query.shape[2], query.shape[1], query.shape[3])  # padding rows stay 0
-        for b, pad in enumerate(pads):  # each row alone: its own tokens, causal (padding is never scored)
-            rows = slice(b, b + 1), slice(None), slice(pad, None)
-            out[b:b + 1, pad:] = self._score_prompt(layer_idx, b, query[rows], key[rows], value[rows], None, scaling)
+        else:
+            out = query.new_zeros(batch, query.shape[2], query.shape[1], query.shape[3])  # padding rows stay 0
+            for b, pad in enumerate(pads):  # each row alone: its own tokens, causal (padding is never scored)
+                rows = slice(b, b + 1), slice(None), slice(pad, None)
+                out[b:b + 1, pad:] = self._score_prompt(layer_idx, b, query[rows], key[rows], value[rows], None,
+                                                        scaling)
         self.backend.prepare_next([row[layer_idx] for row in self.rows], self.cache, layer_idx, pads)
         return out, None
 
@@ -103,13 +107,13 @@ class VatpSession:
         return out
 
     def _attend_step(self, layer_idx, states, query, key, value, scaling):
-        pads = self.pads if len(self.pads) == len(states) else [0] * len(states)
+        pads = self._row_pads(len(states))
         keep = self.backend.step_mask(states, pads)  # (B, kv_heads, kv_len) or None
         out, probs = scoring.decode_step(query, key, value, keep, scaling, states[0].scores.dtype)
         kv_heads = key.shape[1]
         for b, (state, pad) in enumerate(zip(states, pads)):
             step = policy.group_to_kv_heads(probs[b], kv_heads)  # (kv_heads, kv_len), in cache order
-            order = self.backend.step_order(state, key.shape[2])  # evict: slots are not in token order
+            order = self.backend.step_order(state)  # evict: slots are not in token order
             if order is None:  # the cache holds the row's tokens in order, after its padding
                 step, new_value = step[:, pad:], value[b, :, -1:]
             else:
