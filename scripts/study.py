@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from vatp.analysis.paired import AVERAGE, PairingError, paired_comparison, score_intervals, verdict
 from vatp.analysis.report import load_run, load_samples, markdown_table, paired_caption, paired_table, write_report
+from vatp.longbench.runs import load_run_record
 
 TASKS = ["offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify"]
 METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it weights
@@ -161,11 +162,15 @@ class Findings:
         self.sections = []  # study.md's section per length and budget
         self.missing = []  # points not run
         self.problems = []  # pairs whose runs hold different samples
+        self.backends = set()  # as the runs' records say (a --report_only run may name another)
 
-    def add_run(self, key: tuple, run, samples: dict) -> None:
-        """Record one finished run: its scores and the interval of its average."""
+    def add_run(self, key: tuple, run, samples: dict, folder: Path) -> None:
+        """Record one finished run: its scores, the interval of its average and its backend."""
         self.scores[key] = {**run.scores, AVERAGE: run.average()}
         self.intervals[key] = score_intervals(samples)[AVERAGE]
+        for task in samples:
+            if record := load_run_record(folder, task):
+                self.backends.add(record["settings"].get("backend", "mask"))
 
 
 def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found: Findings) -> None:
@@ -179,7 +184,7 @@ def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found:
             continue
         runs.append(load_run(label, folder))
         samples[name] = load_samples(folder)
-        found.add_run((n, b, name), runs[-1], samples[name])
+        found.add_run((n, b, name), runs[-1], samples[name], folder)
     if not runs:
         return
     comparisons, problems = compare_pairs(samples)
@@ -194,8 +199,9 @@ def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found:
 
 def study_text(args, command: str, found: Findings) -> str:
     """study.md: the averages chart, a section per length and budget, the verdict counts, what is missing."""
+    backends = ", ".join(sorted(found.backends)) or args.backend
     return (f"# Study: {args.model}, {args.samples} samples per task and length, sink_len {args.sink_len}, "
-            f"backend {args.backend}\n\nCommand: `python scripts/study.py {command}`\n\n"
+            f"backend {backends}\n\nCommand: `python scripts/study.py {command}`\n\n"
             + ("![averages](averages.png)\n\nError bars: bootstrap 95% interval of each run's average over its "
                "prompts (each task's prompts resampled separately).\n\n" if found.scores else "")
             + f"Below each score table: {paired_caption()}\n\n" + "\n".join(found.sections)
@@ -237,7 +243,7 @@ def main(argv=None) -> int:
         full = predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])
         full_run = load_run("Full cache", full) if full else None
         if full_run:
-            found.add_run((n, 1.0, "full"), full_run, load_samples(full))
+            found.add_run((n, 1.0, "full"), full_run, load_samples(full), full)
         for b in args.budgets:
             budget_point(args, data, out, n, b, full_run, found)
     if found.scores:
