@@ -1,15 +1,20 @@
 """Reproduction study: does value awareness help, and where? (the grid behind RESULTS.md)
 
     python scripts/study.py --out study_out                          # CPU: embedded model, 2 lengths
-    python scripts/study.py --out study_gpu --tokens 4000 8000 --samples 20 --device cuda
+    python scripts/study.py --out study_gpu --tokens 4000 8000 --samples 50 --budgets 0.2 0.5 \
+        --device cuda --dtype float16 --backend evict --batch_size 16 --predict_only   # on the GPU machine
+    python scripts/study.py --out study_gpu --tokens 4000 8000 --samples 50 --budgets 0.2 0.5 --report_only
 
 For each context length it builds the offline suite, then runs pred.py and
 eval.py for: the full cache; H2O, H2O+VATP, Scissorhands, Scissorhands+VATP,
 SnapKV, SnapKV+VATP and a StreamingLLM-style baseline (sinks + recent) at
 budgets of 20%, 35% and 50% of the prompt (heavy_ratio = budget / 2). Finished
 runs are reused: pred.py resumes a run, and one whose result.json is newer than
-its predictions is skipped; ``--report_only`` runs nothing and reports the
-finished points (missing ones are listed).
+its predictions is skipped. ``--report_only`` generates nothing: it scores
+(eval.py) the points whose predictions are complete and reports them, listing
+the missing ones. ``--predict_only`` only generates (pred.py): for a machine
+without the metrics' packages, such as the GPU machine; score and report the
+predictions elsewhere with ``--report_only``.
 
 Each VATP variant is compared with its baseline on the same prompts
 (``vatp.analysis.paired``): the mean per-sample score difference with a paired
@@ -34,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 from vatp.analysis.paired import AVERAGE, PairingError, paired_comparison, score_intervals, verdict
 from vatp.analysis.report import load_run, load_samples, markdown_table, paired_caption, paired_table, write_report
 from vatp.longbench.runs import load_run_record
+from vatp.names import DTYPE_NAMES
 
 TASKS = ["offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify"]
 METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it weights
@@ -54,19 +60,33 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
+def complete(data: Path, folder: Path) -> bool:
+    """Whether ``folder`` holds a prediction for every sample of every task in ``data``."""
+    def lines(path: Path) -> int:
+        return path.read_bytes().count(b"\n") if path.is_file() else 0
+    return all(lines(folder / f"{t}.jsonl") >= lines(data / f"{t}.jsonl") > 0 for t in TASKS)
+
+
 def predict(args, data: Path, save: Path, flags: list[str]) -> Path | None:
-    """pred.py + eval.py for one grid point, unless its result is already there (None: not run)."""
+    """pred.py + eval.py for one grid point, unless its result is already there (None: not scored).
+
+    ``--predict_only`` stops after pred.py; ``--report_only`` runs no pred.py and scores (eval.py,
+    no model) a point only once its predictions are complete.
+    """
     folder = save / args.model
     result = folder / "result.json"
     preds = [folder / f"{t}.jsonl" for t in TASKS]
     if result.is_file() and all(p.is_file() and p.stat().st_mtime <= result.stat().st_mtime for p in preds):
         return folder
-    if args.report_only:
+    if not args.report_only:
+        run([sys.executable, "pred.py", "--model", args.model, "--data_dir", str(data), "--datasets", *TASKS,
+             "--save", str(save), "--backend", args.backend, *(["--device", args.device] if args.device else []),
+             "--batch_size", str(args.batch_size), *(["--dtype", args.dtype] if args.dtype else []),
+             *flags])
+    elif not complete(data, folder):
         return None
-    run([sys.executable, "pred.py", "--model", args.model, "--data_dir", str(data), "--datasets", *TASKS,
-         "--save", str(save), "--backend", args.backend, *(["--device", args.device] if args.device else []),
-         "--batch_size", str(args.batch_size),
-         *flags])
+    if args.predict_only:
+        return None
     run([sys.executable, "eval.py", "--model", args.model, "--save", str(save)])
     return folder
 
@@ -231,7 +251,11 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="mask", choices=["mask", "evict"])
     p.add_argument("--batch_size", type=int, default=1, help="pred.py's --batch_size (the predictions do not change)")
     p.add_argument("--device", default=None)
-    p.add_argument("--report_only", action="store_true", help="run nothing; report the finished points")
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help="pred.py's --dtype (default: pred.py's)")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--report_only", action="store_true",
+                      help="generate nothing; score and report the points whose predictions are complete")
+    only.add_argument("--predict_only", action="store_true", help="only generate: no eval.py, no report")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     found = Findings()
@@ -246,6 +270,9 @@ def main(argv=None) -> int:
             found.add_run((n, 1.0, "full"), full_run, load_samples(full), full)
         for b in args.budgets:
             budget_point(args, data, out, n, b, full_run, found)
+    if args.predict_only:
+        print(f"predictions in {out}; score and report them with --report_only")
+        return 0
     if found.scores:
         averages_chart(found.scores, found.intervals, args.tokens, args.budgets, out / "averages.png")
     text = study_text(args, " ".join(argv or sys.argv[1:]), found)

@@ -68,9 +68,9 @@ ANSWERS = {  # task -> (answer, all_classes): predicting the answer scores 100, 
 }
 
 
-def _finished_run(folder, right, reverse=False) -> None:
+def _finished_run(folder, right, reverse=False, scored=True) -> None:
     """A finished grid point: 6 samples per task (in reverse order if ``reverse``), ``right(i)`` says whether
-    sample i is answered; its run records (evict backend); then its result.json."""
+    sample i is answered; its run records (evict backend); then, if ``scored``, its result.json."""
     folder.mkdir(parents=True)
     for task, (answer, classes) in ANSWERS.items():
         lines = [{"pred": answer if right(i) else "", "answers": [answer], "all_classes": classes, "length": 100,
@@ -79,7 +79,8 @@ def _finished_run(folder, right, reverse=False) -> None:
         (folder / f"{task}.jsonl").write_text(text)
         record = {"dataset": task, "settings": {"backend": "evict"}, "sessions": [{"versions": {}}]}
         (folder / f"run_{task}.json").write_text(json.dumps(record))
-    write_results(folder, evaluate(folder, longbench_e=False))
+    if scored:
+        write_results(folder, evaluate(folder, longbench_e=False))
 
 
 def test_report_only_study_pairs_the_finished_runs(tmp_path):
@@ -108,6 +109,34 @@ def test_report_only_study_pairs_the_finished_runs(tmp_path):
     h2o = saved["paired"]["1000|0.5|h2o|h2o_vatp"]
     assert h2o["Average"]["mean"] == 50.0 and 0 < h2o["Average"]["low"] < 50 < h2o["Average"]["high"] < 100
     assert h2o["Average"]["verdict"] == "win"
+
+
+def test_report_only_scores_complete_predictions_and_skips_partial_ones(tmp_path):
+    """Predictions made elsewhere (``--predict_only`` on the GPU machine) come back unscored: a report-only
+    run scores the complete points with eval.py and lists a point with a missing prediction as not run."""
+    study, model = _study(), "tiny-model"
+    (tmp_path / "data_1000").mkdir()
+    for task in ANSWERS:
+        (tmp_path / "data_1000" / f"{task}.jsonl").write_text("{}\n" * 6)
+    _finished_run(tmp_path / "t1000" / "full" / model, lambda i: True, scored=False)
+    _finished_run(tmp_path / "t1000" / "h2o_b0.5" / model, lambda i: i < 3, scored=False)
+    partial = tmp_path / "t1000" / "h2o_vatp_b0.5" / model
+    _finished_run(partial, lambda i: True, scored=False)
+    code = partial / "offline_code.jsonl"
+    code.write_text("".join(code.read_text().splitlines(keepends=True)[:5]))  # 5 of the 6 samples
+    assert study.main(["--out", str(tmp_path), "--model", model, "--tokens", "1000", "--budgets", "0.5",
+                       "--report_only"]) == 0
+    text = (tmp_path / "study.md").read_text()
+    assert "| Full cache | **100.00** | **100.00** | **100.00** | **100.00** | **100.00** | **100.00** |" in text
+    assert "| H2O | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 |" in text
+    assert "Not run: H2O+VATP at ~1000 tokens, 50% budget;" in text
+    assert not (partial / "result.json").exists()
+
+
+def test_predict_only_and_report_only_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _study().main(["--predict_only", "--report_only"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def _kept_sets():
