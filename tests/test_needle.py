@@ -193,6 +193,26 @@ def test_figure_has_a_panel_per_method_and_budget(finished):
     assert images[0].get_array().shape == (2, 2)  # depths x lengths
 
 
+def test_tables_count_needles_and_pair_vatp_with_its_method():
+    """Made-up answers: H2O finds the needle at depth 0 of both lengths; H2O+VATP at every depth of 1000
+    tokens and depth 0 of 2000, where its depth 100 is still missing (so only 1000 tokens is paired)."""
+    grid = needle.NeedleGrid(lengths=(1000, 2000), depths=(0, 100), budgets=(0.5,), methods=("h2o",))
+    found = {("Full cache", 1.0): {(1000, 0): 1, (1000, 100): 1, (2000, 0): 1, (2000, 100): 1},
+             ("H2O", 0.5): {(1000, 0): 1, (1000, 100): 0, (2000, 0): 1, (2000, 100): 0},
+             ("H2O+VATP", 0.5): {(1000, 0): 1, (1000, 100): 1, (2000, 0): 1}}
+    results = [{"label": label, "budget": budget, "length": n, "depth": d, "score": score}
+               for (label, budget), cells in found.items() for (n, d), score in cells.items()]
+    text = needle.needle_markdown(results, grid, "title")
+    assert "| Full cache | 100% | 2 / 2 | 2 / 2 | 4 / 4 |" in text
+    assert "| H2O | 50% | 1 / 2 | 1 / 2 | 2 / 4 |" in text
+    assert "| H2O+VATP | 50% | 2 / 2 | 1 / 1 | 3 / 3 |" in text
+    (label, comparison), = needle.vatp_comparisons(results, grid)
+    assert label == "H2O+VATP vs H2O, 50% budget" and list(comparison) == ["1000 tokens", "Average"]
+    assert comparison["1000 tokens"].mean == 50.0  # depth 100 found by VATP alone: (0 + 100) / 2
+    assert comparison["1000 tokens"].low == 0.0 and comparison["1000 tokens"].high == 100.0
+    assert "| H2O+VATP vs H2O, 50% budget | +50.00 [+0.00, +100.00] tie | +50.00 [+0.00, +100.00] tie |" in text
+
+
 def test_command_runs_resumes_without_loading_the_model_and_draws(tmp_path, tok, monkeypatch, capsys):
     monkeypatch.setattr(models, "load_model_and_tokenizer", lambda *a, **k: (tiny_llama(), tok))
     args = ["--out", str(tmp_path), "--lengths", "400", "--depths", "0", "100", "--budgets", "0.5",
@@ -200,6 +220,7 @@ def test_command_runs_resumes_without_loading_the_model_and_draws(tmp_path, tok,
     assert needle.main(args) == 0
     assert len(needle.read_results(tmp_path / needle.RESULTS)) == 2 * 3
     figure = tmp_path / needle.FIGURE
+    assert "| H2O+VATP vs H2O, 50% budget |" in (tmp_path / needle.TABLE).read_text()
     height, width = matplotlib.image.imread(figure).shape[:2]
     assert width > height > 100
     figure.unlink()

@@ -17,7 +17,11 @@ done; a rerun skips the points already there (a half-written last line, left
 by a kill, is dropped) and loads the model only if a point is left. Then it
 draws ``OUT/needle.png``: one heatmap (depth x context length) per method
 variant, budgets as rows, the full cache repeated at the head of every row as
-its reference, one colour scale for all.
+its reference, one colour scale for all; and writes ``OUT/needle.md``: the
+needles found per variant, budget and length, and each VATP variant against
+its method on the same prompts (:mod:`vatp.analysis.paired`: the mean
+difference in percentage points with its paired bootstrap interval, per length
+and averaged over lengths).
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ from .. import attention
 from ..longbench.prompts import build_chat, decode, generation_kwargs, uses_template
 from ..longbench.suite import sources
 from ..names import BACKENDS, DTYPE_NAMES, METHODS, check_choice, method_label
+from .paired import PairingError, paired_comparison
+from .report import paired_caption, paired_table
 
 KEY = "the Blue Heron archive"
 INSTRUCTION = ("Below is a long text. One sentence in it states a secret number. Read the text, then answer "
@@ -48,7 +54,7 @@ INSTRUCTION = ("Below is a long text. One sentence in it states a secret number.
 QUESTION = f"Question: What is the secret number of {KEY}? Answer with the number only.\nAnswer:"
 MARKER = "<<<HAYSTACK>>>"  # where the haystack goes in the chat prompt, split out before tokenizing
 FULL = "Full cache"
-RESULTS, FIGURE = "results.jsonl", "needle.png"
+RESULTS, FIGURE, TABLE = "results.jsonl", "needle.png", "needle.md"
 # What a result must share with the results already in OUT to be comparable; other settings
 # (the backend: mask and evict give the same predictions) do not change an answer.
 RUN_KEYS = ("model", "dtype", "sink_len", "max_new_tokens")
@@ -319,13 +325,68 @@ def heatmap_figure(results: list[dict], columns: list[str], budgets: list[float]
     return fig
 
 
+# --- the tables ----------------------------------------------------------------------------------
+
+def found_counts(results: list[dict], grid: NeedleGrid) -> str:
+    """Markdown: needles found out of those asked, per variant and budget (rows) and length (columns)."""
+    lengths = sorted({r["length"] for r in results})
+    header = ["Variant", "Budget", *[f"{n} tokens" for n in lengths], "All"]
+    lines = ["| " + " | ".join(header) + " |", "| --- | ---: |" + " ---: |" * (len(lengths) + 1)]
+    for v in grid.variants():
+        scores = [[r["score"] for r in results if r["label"] == v.label and r["budget"] == v.budget
+                   and r["length"] == n] for n in lengths]
+        cells = [f"{sum(s)} / {len(s)}" if s else "" for s in scores]
+        every = [x for s in scores for x in s]
+        budget = "100%" if v.method is None else f"{round(100 * v.budget)}%"
+        lines.append("| " + " | ".join([v.label, budget, *cells, f"{sum(every)} / {len(every)}"]) + " |")
+    return "\n".join(lines)
+
+
+def vatp_comparisons(results: list[dict], grid: NeedleGrid) -> list[tuple[str, dict]]:
+    """Each VATP variant minus its method on the same prompts, per budget: (label, length -> Interval),
+    in percentage points found; a length counts only once both have answered all of its depths."""
+    def by_length(label: str, budget: float) -> dict:
+        points = {}
+        for r in results:
+            if r["label"] == label and r["budget"] == budget:
+                points.setdefault(f"{r['length']} tokens", {})[r["depth"]] = 100.0 * r["score"]
+        return {n: s for n, s in points.items() if len(s) == len(grid.depths)}
+
+    comparisons = []
+    for budget in grid.budgets:
+        for method in grid.methods:
+            if method == "streaming":
+                continue
+            base, vatp = by_length(method_label(method, False), budget), by_length(method_label(method, True), budget)
+            shared = sorted(set(base) & set(vatp), key=lambda n: int(n.split()[0]))
+            if not shared:
+                continue
+            try:
+                found = paired_comparison({n: base[n] for n in shared}, {n: vatp[n] for n in shared})
+            except PairingError:  # the same depths were asked of both: a changed grid, not a result
+                continue
+            comparisons.append((f"{method_label(method, True)} vs {method_label(method, False)}, "
+                                f"{round(100 * budget)}% budget", found))
+    return comparisons
+
+
+def needle_markdown(results: list[dict], grid: NeedleGrid, title: str) -> str:
+    """needle.md: the found counts, then the paired VATP comparisons."""
+    text = f"# {title}\n\nNeedles found (one prompt per depth and length):\n\n{found_counts(results, grid)}\n"
+    comparisons = vatp_comparisons(results, grid)
+    if comparisons:
+        text += (f"\nVATP against its method, in percentage points of needles found (one prompt per depth, "
+                 f"the lengths as datasets): {paired_caption()}\n\n{paired_table(comparisons)}\n")
+    return text
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
     defaults = NeedleGrid()
     p = argparse.ArgumentParser(description="Needle-in-a-haystack heatmaps for the full cache and each method "
                                 "variant at each KV budget (resumes from OUT/results.jsonl).")
-    p.add_argument("--out", type=Path, required=True, help="folder for results.jsonl and needle.png")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, needle.png and needle.md")
     p.add_argument("--lengths", type=int, nargs="+", default=list(defaults.lengths), help="prompt lengths, tokens")
     p.add_argument("--depths", type=int, nargs="+", default=list(defaults.depths), help="needle depths, %%")
     p.add_argument("--budgets", type=float, nargs="+", default=list(defaults.budgets),
@@ -367,10 +428,11 @@ def main(argv=None) -> int:
                                  f"lower --lengths (the longest prompt and answer take {longest})")
             run_points(model, tokenizer, args.model, grid, todo, path, run)
         results = read_results(path)
-        figure = args.out / FIGURE
-        heatmap_figure(results, grid.columns(), list(grid.budgets),
-                       f"Needle in a haystack: {args.model}, greedy, sink_len {args.sink_len}").savefig(figure, dpi=110)
-        print(f"wrote {figure}")
+        title = f"Needle in a haystack: {args.model}, greedy, sink_len {args.sink_len}"
+        heatmap_figure(results, grid.columns(), list(grid.budgets), title).savefig(args.out / FIGURE, dpi=110)
+        table = needle_markdown(results, grid, title)
+        (args.out / TABLE).write_text(table)
+        print(f"{table}\nwrote {args.out / FIGURE} and {args.out / TABLE}")
     except (UsageError, ModelLoadError, BudgetError, ValueError, OSError) as err:
         print(f"needle: error: {err}", file=sys.stderr)
         return 1
