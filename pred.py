@@ -177,7 +177,7 @@ def run(args) -> int:
     device = args.device or str(state.device)
     dtype = args.dtype or default_dtype(args.model, model_config)
     if config is not None:
-        check_sliding_window(args, model_config, encoded, max_new)
+        check_attention_window(args, model_config, encoded, max_new)
         config = dataclasses.replace(config, scoring=settle_scoring(args, config, model_config, encoded, device, dtype))
     out_dir = f"{args.save}/{args.model}"
     with contextlib.ExitStack() as locks:
@@ -216,17 +216,18 @@ def run(args) -> int:
     return 0
 
 
-def check_sliding_window(args, model_config, encoded, max_new) -> None:
-    """Refuse a model whose sliding window is shorter than a dataset's longest prompt plus its generation."""
+def check_attention_window(args, model_config, encoded, max_new) -> None:
+    """Refuse a model whose sliding window or attention chunks are shorter than a dataset's longest prompt
+    plus its generation."""
     from vatp import support
 
-    window = support.sliding_window(model_config)
+    window = support.model_window(model_config)
     for name, prompts in encoded.items():
-        if window is not None and prompts and max(ids.shape[1] for ids in prompts) + max_new[name] > window:
-            raise UsageError(f"{args.model} attends a sliding window of {window} tokens, shorter than {name}'s "
-                             "longest prompt plus its generated tokens: vatp scores full attention, so its scores "
-                             f"would not be the model's; set its model2maxlen <= {window - max_new[name]} or use a "
-                             "model without a sliding window")
+        if window is not None and prompts and max(ids.shape[1] for ids in prompts) + max_new[name] > window.size:
+            raise UsageError(f"{args.model} attends {window.what}, shorter than {name}'s longest prompt plus its "
+                             "generated tokens: vatp scores full attention, so its scores would not be the model's; "
+                             f"set its model2maxlen <= {window.size - max_new[name]} or use a model that attends "
+                             "every token")
 
 
 def settle_scoring(args, config, model_config, encoded, device, dtype) -> str:

@@ -1,18 +1,20 @@
 """What vatp does not implement is refused before a token is generated; score precision is a setting.
 
 Each refusal runs on a tiny model of the architecture that has the feature
-(Mistral's sliding window, Gemma-2's softcapping, gpt-oss's learned sinks),
-and each accepted case is checked against the model's own attention.
+(Mistral's sliding window, Llama 4's attention chunks, Gemma-2's softcapping,
+gpt-oss's learned sinks, EuroBERT's bidirectional attention), or with the
+generate() option that needs it, and each accepted case is checked against the
+model's own attention.
 """
 import copy
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import vatp
 from conftest import greedy, tiny_llama
-from vatp.support import UnsupportedError, check_attention_arguments, sliding_window
+from vatp.support import UnsupportedError, check_attention_arguments, model_window
 
 
 def _prompt(n, seed=1, vocab=128):
@@ -59,12 +61,98 @@ def test_a_sliding_window_the_sequence_fits_is_full_attention(backend):
     """Window >= prompt + generated tokens: with nothing pruned, vatp equals the model's own attention."""
     model = _tiny("mistral", sliding_window=64)
     ids = _prompt(40)
-    assert sliding_window(model.config) == 64
+    assert model_window(model.config).size == 64
     full = greedy(model, ids, 12)
     with vatp.enabled(model, heavy_ratio=1.0, backend=backend):
         pruned = greedy(model, ids, 12)
     assert pruned[0] == full[0]
     torch.testing.assert_close(pruned[1], full[1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_window_outgrown_by_a_longer_row_of_a_padded_batch_is_refused():
+    """Row 0 (the most padded, as pred.py orders a batch) fits the window; the longer row outgrows it."""
+    model = _tiny("mistral", sliding_window=16)
+    ids = torch.cat([torch.zeros(1, 8, dtype=torch.long), _prompt(6)], dim=1)
+    ids = torch.cat([ids, _prompt(14, seed=2)])
+    mask = (torch.arange(14) >= torch.tensor([[8], [0]])).long()
+    for backend in ("mask", "evict"):
+        with vatp.enabled(model, heavy_ratio=1.0, backend=backend):
+            with pytest.raises(UnsupportedError, match=r"sliding window of 16 tokens.*\(17 tokens\)"):
+                model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+
+
+def _tiny_llama4(chunk):
+    return _tiny("llama4_text", intermediate_size_mlp=128, num_local_experts=2, attention_chunk_size=chunk)
+
+
+def test_attention_chunks_are_refused_once_outgrown_and_equal_the_model_within_one():
+    """Llama 4's chunked layers say so only through their mask: refused at the step that leaves the chunk;
+    a sequence inside one chunk is full causal attention, which vatp at the full budget reproduces."""
+    model = _tiny_llama4(8)
+    assert model.config.layer_types[0] == "chunked_attention" and model_window(model.config).size == 8
+    with vatp.enabled(model, heavy_ratio=1.0, backend="evict"):
+        with pytest.raises(UnsupportedError, match=r"layer 0 attends chunks of 8 tokens.*\(9 tokens\)"):
+            greedy(model, _prompt(6), 6)
+    model = _tiny_llama4(64)
+    ids = _prompt(40)
+    full = greedy(model, ids, 12)
+    with vatp.enabled(model, heavy_ratio=1.0, backend="evict"):
+        pruned = greedy(model, ids, 12)
+    assert pruned[0] == full[0]
+    torch.testing.assert_close(pruned[1], full[1], rtol=1e-5, atol=1e-5)
+
+
+def test_bidirectional_attention_is_refused():
+    config = AutoConfig.for_model("eurobert", vocab_size=128, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, mask_token_id=3)
+    model = AutoModel.from_config(config).eval()
+    with vatp.enabled(model, heavy_ratio=0.25), pytest.raises(UnsupportedError, match=r"is_causal=False"):
+        model(_prompt(20))
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_generating_without_a_cache_is_refused(backend):
+    """use_cache=False would recompute full attention at every step: nothing would be pruned."""
+    model = tiny_llama()
+    with vatp.enabled(model, heavy_ratio=0.25, backend=backend):
+        with pytest.raises(UnsupportedError, match=r"use_cache=False there is none.*drop use_cache=False"):
+            model.generate(_prompt(30), max_new_tokens=4, do_sample=False, use_cache=False)
+        model.generation_config.use_cache = False
+        try:
+            with pytest.raises(UnsupportedError, match=r"use_cache=False"):
+                model.generate(_prompt(30), max_new_tokens=4, do_sample=False)
+        finally:
+            model.generation_config.use_cache = True
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(prompt_lookup_num_tokens=3), r"assisted or prompt-lookup decoding.*drop assistant_model"),
+    (dict(cache_implementation="static"), r"prunes a DynamicCache, not a StaticCache.*no cache_implementation"),
+])
+def test_generate_options_vatp_cannot_follow_are_refused(options, message):
+    """Assisted decoding crops the pruned cache; a static cache is not the one vatp prunes."""
+    model = tiny_llama()
+    with vatp.enabled(model, heavy_ratio=0.25), pytest.raises(UnsupportedError, match=message):
+        model.generate(_prompt(30), max_new_tokens=6, do_sample=False, **options)
+
+
+def test_a_custom_4d_mask_is_refused():
+    """Two packed 15-token documents: a block-diagonal mask vatp would score as plain causal attention."""
+    model = tiny_llama()
+    block = torch.tril(torch.ones(30, 30, dtype=torch.bool))
+    block[15:, :15] = False
+    with vatp.enabled(model, heavy_ratio=0.25), pytest.raises(UnsupportedError, match=r"2-D \(batch, length\)"):
+        model(_prompt(30).repeat(2, 1), attention_mask=block.expand(2, 1, 30, 30))
+
+
+def test_the_decoder_called_with_positional_ids_is_pruned_like_the_model():
+    model = tiny_llama()
+    ids = _prompt(30)
+    with vatp.enabled(model, heavy_ratio=0.25, backend="evict") as session:
+        hidden = model.model(ids).last_hidden_state
+        assert session.layers[0].seen == 30
+        assert torch.equal(hidden, model.model(input_ids=ids).last_hidden_state)
 
 
 def test_softcapping_is_refused():

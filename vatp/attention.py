@@ -28,12 +28,16 @@ def vatp_attention_forward(module, query, key, value, attention_mask, scaling=No
                            sliding_window=None, **kwargs):
     """transformers attention-interface entry point: delegate to the module's session.
 
-    Keywords vatp does not implement (softcap, s_aux, ...) are refused, not dropped.
+    Keywords vatp does not implement (softcap, s_aux, ...) are refused, not dropped, and so is
+    bidirectional attention.
     """
     support.check_attention_arguments(module.layer_idx, dropout, kwargs)
+    causal = kwargs.get("is_causal")
+    support.check_causal(module.layer_idx, getattr(module, "is_causal", True) if causal is None else causal)
     session: VatpSession = getattr(module, _SESSION_ATTR)
     scaling = module.head_dim ** -0.5 if scaling is None else scaling
-    return session.attend(module.layer_idx, query, key, value, attention_mask, scaling, sliding_window)
+    window = support.layer_window(module.config, module.layer_idx, sliding_window)
+    return session.attend(module.layer_idx, query, key, value, attention_mask, scaling, window)
 
 
 # The mask function decides what `attention_mask` the model hands us: SDPA's
@@ -110,24 +114,32 @@ def enabled(model, config: VatpConfig | None = None, **settings):
 def _before_forward(session: VatpSession, decoder):
     """Decoder pre-hook: note each row's left padding at a prompt; for the evict backend, remember the cache.
 
-    Padding other than on the left is refused, and so is beam search: the
-    sample's cache gets a ``reorder_cache`` that refuses. The evict backend compacts the
+    Padding other than on the left is refused, and so are a forward without a cache, a cache
+    other than a DynamicCache, beam search and assisted decoding: the sample's cache gets a
+    ``reorder_cache`` and a ``crop`` that refuse. The evict backend compacts the
     cache in place. If the caller passed none, create one (the model would
     create its own otherwise, out of our reach). Without explicit positions
     the model would derive them from the (shrunken) cache length, so supply
     the true ones (``generate`` passes them, from the attention mask).
     """
     def hook(module, args, kwargs):
-        inputs = kwargs.get("input_ids")
-        inputs = inputs if inputs is not None else kwargs["inputs_embeds"]
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        inputs = inputs if inputs is not None else kwargs.get("inputs_embeds")
+        if inputs is None:
+            return args, kwargs  # the model refuses this call itself
+        use_cache = kwargs.get("use_cache")
+        support.check_cache_in_use(decoder.config.use_cache if use_cache is None else use_cache)
         cache = kwargs.get("past_key_values")
+        if cache is not None and type(cache) is not DynamicCache:
+            raise support.UnsupportedError(f"vatp prunes a DynamicCache, not a {type(cache).__name__}; pass no "
+                                           "past_key_values (and no cache_implementation) to let the model make one")
         fresh = cache is None or cache.get_seq_length() == 0
         if fresh:  # a prompt; decode steps only append ones to the mask (no host sync there)
             session.pads = support.left_padding(kwargs.get("attention_mask")) or [0] * inputs.shape[0]
-        if cache is None and session.config.backend == "evict" and kwargs.get("use_cache", True) is not False:
+        if cache is None:  # the model would make one out of our reach
             cache = kwargs["past_key_values"] = DynamicCache(config=decoder.config)
-        if fresh and cache is not None:  # this sample's own cache object: its rows must stay where they are
-            cache.reorder_cache = support.refuse_reordering
+        if fresh:  # this sample's own cache object: its rows must stay where they are, its tokens stay
+            cache.reorder_cache, cache.crop = support.refuse_reordering, support.refuse_cropping
         if session.config.backend != "evict":
             return args, kwargs
         session.cache = cache

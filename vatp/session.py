@@ -52,14 +52,14 @@ class VatpSession:
         return self.layers[0].seen + (self.pads[0] if self.pads else 0) if 0 in self.layers else 0
 
     # -- the attention call ---------------------------------------------------
-    def attend(self, layer_idx: int, query, key, value, mask, scaling, sliding_window: int | None = None):
+    def attend(self, layer_idx: int, query, key, value, mask, scaling, window: support.Window | None = None):
         """query (B, heads, q, d); key, value (B, kv_heads, kv, d) -> ((B, q, heads, d), None).
 
-        A layer's ``sliding_window`` is refused once the sequence outgrows it.
+        A layer's ``window`` (sliding, or chunks) is refused once the longest row outgrows it.
         """
         q_len, kv_len = query.shape[2], key.shape[2]
         if q_len == kv_len:  # empty cache before this call: a new sample
-            support.check_window(layer_idx, sliding_window, kv_len)
+            support.check_window(layer_idx, window, kv_len)
             return self._attend_prompt(layer_idx, query, key, value, mask, scaling)
         states = [row.get(layer_idx) for row in self.rows]
         if not states or None in states or q_len != 1 or len(states) != query.shape[0]:
@@ -67,7 +67,7 @@ class VatpSession:
                 "vatp prunes a cache it filled itself: run the whole prompt in one forward, "
                 f"then one token per step (got {q_len} new tokens on a cache of {kv_len - q_len})"
             )
-        support.check_window(layer_idx, sliding_window, states[0].seen + 1)
+        support.check_window(layer_idx, window, max(state.seen for state in states) + 1)
         return self._attend_step(layer_idx, states, query, key, value, scaling)
 
     def _row_pads(self, batch: int) -> list[int]:

@@ -11,6 +11,8 @@ This module imports no torch, so that pred.py can catch its error cheaply.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 # Attention-interface keywords that leave the attention itself unchanged.
 PASSIVE_KWARGS = frozenset({"position_ids", "cache_position", "use_cache", "output_attentions",
                             "output_router_logits", "past_key_values", "is_causal"})
@@ -41,23 +43,60 @@ def check_attention_arguments(layer_idx: int, dropout: float, kwargs: dict) -> N
                                "Llama-family model (Llama, Mistral, Qwen2, SmolLM2, ...) or report the model")
 
 
-def check_window(layer_idx: int, window: int | None, length: int) -> None:
-    """Refuse a sliding window shorter than the sequence: the layer would not see what vatp scores."""
-    if window is not None and length > window:
+def check_causal(layer_idx: int, is_causal: bool | None) -> None:
+    """Refuse a bidirectional layer (an encoder, a vision tower): vatp scores causal attention only."""
+    if is_causal is False:
+        raise UnsupportedError(f"layer {layer_idx} attends bidirectionally (is_causal=False): vatp scores causal "
+                               "attention only; use a decoder-only Llama-family model")
+
+
+def check_cache_in_use(use_cache: bool | None) -> None:
+    """Refuse a forward without a KV cache: every step would attend the whole prompt, unpruned."""
+    if use_cache is False:
+        raise UnsupportedError("vatp prunes the KV cache, and with use_cache=False there is none: every token would "
+                               "attend the whole prompt, unpruned; drop use_cache=False (or set "
+                               "generation_config.use_cache = True)")
+
+
+class Window(NamedTuple):
+    """How far back a layer attends: ``size`` tokens, as ``what`` says ("a sliding window of 4096 tokens")."""
+
+    size: int
+    what: str
+
+
+def layer_window(config, layer_idx: int, sliding_window: int | None) -> Window | None:
+    """The window a layer attends within: the sliding window transformers hands it, or its attention chunks
+    (Llama 4's ``chunked_attention`` layers, which only their mask expresses); None: full attention."""
+    if sliding_window is not None:
+        return Window(int(sliding_window), f"a sliding window of {sliding_window} tokens")
+    kinds, chunk = getattr(config, "layer_types", None), getattr(config, "attention_chunk_size", None)
+    if chunk is not None and kinds is not None and kinds[layer_idx] == "chunked_attention":
+        return Window(int(chunk), f"chunks of {chunk} tokens")
+    return None
+
+
+def check_window(layer_idx: int, window: Window | None, length: int) -> None:
+    """Refuse a window shorter than the sequence: the layer would not see what vatp scores."""
+    if window is not None and length > window.size:
         raise UnsupportedError(
-            f"layer {layer_idx} attends a sliding window of {window} tokens, shorter than this sequence "
-            f"({length} tokens): vatp scores full attention, so its scores would not be the model's; keep "
-            f"prompt + generated tokens <= {window} (a lower model2maxlen or max_new_tokens) or use a model "
-            "without a sliding window")
+            f"layer {layer_idx} attends {window.what}, shorter than this sequence ({length} tokens): vatp scores "
+            f"full attention, so its scores would not be the model's; keep prompt + generated tokens <= "
+            f"{window.size} (a lower model2maxlen or max_new_tokens) or use a model that attends every token")
 
 
 def left_padding(attention_mask) -> list[int]:
     """Per row, how many padding tokens (zeros of a 2-D ``attention_mask`` (batch, length)) precede the prompt.
 
-    Each row's zeros must be a prefix (left padding, as ``generate`` needs); others are refused.
+    Each row's zeros must be a prefix (left padding, as ``generate`` needs); others are refused, and so
+    is any other kind of mask (4-D, or one per layer type): vatp would score plain causal attention.
     """
-    if attention_mask is None or attention_mask.dim() != 2:
+    if attention_mask is None:
         return []
+    if getattr(attention_mask, "dim", lambda: None)() != 2:
+        raise UnsupportedError("vatp takes a 2-D (batch, length) attention_mask of left padding; a custom mask "
+                               f"({_short(attention_mask)}: packed sequences, prefix-LM, image tokens) would be "
+                               "scored as plain causal attention; pass a 2-D mask")
     real = attention_mask.bool()
     pads = (~real).int().cumprod(dim=1).sum(dim=1)  # leading zeros per row
     if int(real.sum()) != int((real.shape[1] - pads).sum()):
@@ -66,6 +105,12 @@ def left_padding(attention_mask) -> list[int]:
     if bool((pads == real.shape[1]).any()):
         raise UnsupportedError("a row of attention_mask is all zeros: every prompt needs at least one token")
     return pads.tolist()
+
+
+def refuse_cropping(*_args, **_kwargs) -> None:
+    """A generation cache's ``crop`` while vatp prunes it: assisted decoding undoes rejected draft tokens."""
+    raise UnsupportedError("the cache is being cropped to undo tokens (assisted or prompt-lookup decoding), and "
+                           "vatp's pruning of them cannot be undone; drop assistant_model / prompt_lookup_num_tokens")
 
 
 def refuse_reordering(*_args, **_kwargs) -> None:
@@ -89,13 +134,14 @@ def check_every_layer(seen: dict[int, int], layers: list[int]) -> None:
             "or a config that pins another implementation); use a Llama-family model whose layers all use it")
 
 
-def sliding_window(config) -> int | None:
-    """The sliding window some layer of a model config uses, or None (full attention everywhere)."""
-    window = getattr(config, "sliding_window", None)
+def model_window(config) -> Window | None:
+    """The narrowest window some layer of a model config attends within, or None (full attention everywhere)."""
     kinds = getattr(config, "layer_types", None)
-    if window is None or (kinds is not None and "sliding_attention" not in kinds):
-        return None
-    return int(window)
+    windows = [layer_window(config, i, None) for i in range(len(kinds or []))]
+    window = getattr(config, "sliding_window", None)
+    if window is not None and (kinds is None or "sliding_attention" in kinds):
+        windows.append(layer_window(config, 0, window))
+    return min((w for w in windows if w is not None), default=None)
 
 
 def _short(value) -> str:

@@ -49,11 +49,12 @@ def _stop_after(module):
         handle.remove()
 
 
-def forward_through(model, input_ids: torch.Tensor, layer: int, capture=None):
+def forward_through(model, input_ids: torch.Tensor, layer: int, capture=None, use_cache: bool = False):
     """Run the model on the prompt (1, L) only through ``layer``'s attention, then stop.
 
     ``capture(attention_module, found)`` may register hooks that fill the
     dict ``found``; they are removed afterwards and ``found`` is returned.
+    No cache unless ``use_cache`` (vatp refuses to run without one).
     """
     _check_ids(input_ids)
     attn = _attention(model, layer)
@@ -61,7 +62,7 @@ def forward_through(model, input_ids: torch.Tensor, layer: int, capture=None):
     handles = capture(attn, found) if capture else []
     try:
         with torch.no_grad(), _stop_after(attn):
-            model(input_ids.to(model.device), use_cache=False)
+            model(input_ids.to(model.device), use_cache=use_cache)
     finally:
         for handle in handles:
             handle.remove()
@@ -128,7 +129,7 @@ def kept_tokens(model, input_ids: torch.Tensor, layer: int, **settings) -> torch
     """
     _not_enabled(model)
     with attention.enabled(model, backend="mask", **settings) as session:
-        forward_through(model, input_ids, layer)
+        forward_through(model, input_ids, layer, use_cache=True)
         keep = session.layers[layer].keep  # (kv_heads, L + 1)
     return keep[:, :-1].cpu()
 
