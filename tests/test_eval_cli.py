@@ -98,6 +98,16 @@ def test_malformed_line_is_reported_and_nothing_written(save):
         "hotpotqa.jsonl", "lcc.jsonl", "notes.txt", "passage_retrieval_zh.jsonl", "run.json", "trec.jsonl"]
 
 
+def test_a_sample_predicted_twice_is_refused_and_nothing_written(save):
+    """It would count twice in the score; files without ids (LongBench's own) are scored as they are."""
+    path = save / MODEL / "trec.jsonl"
+    lines = [json.dumps({**r, "_id": f"t{i}"}) for i, r in enumerate(PREDICTIONS["trec"])]
+    path.write_text("\n".join(lines + lines[:1]) + "\n", encoding="utf-8")
+    proc = run_eval("--model", MODEL, "--save", save)
+    _assert_failed_cleanly(proc, str(path), "sample 't0' is predicted twice")
+    assert not (save / MODEL / "result.json").exists()
+
+
 def test_failed_run_leaves_previous_result_untouched(save):
     assert run_eval("--model", MODEL, "--save", save).returncode == 0
     before = (save / MODEL / "result.json").read_text()

@@ -7,7 +7,11 @@ fuzzywuzzy 0.18.0 without python-Levenshtein, then hard-coded here. The
 comparisons are exact (==): the arithmetic is the same, so the floats are too.
 """
 
+import json
 import random
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import pytest
@@ -146,6 +150,60 @@ SCORER_CASES = [
                          ids=[c[0] for c in SCORER_CASES])
 def test_score_dataset_matches_longbench_scorer(dataset, predictions, answers, all_classes, expected):
     assert m.score_dataset(dataset, predictions, answers, all_classes) == expected
+
+
+def test_score_rounds_100_times_the_total_over_n_as_longbench():
+    """LongBench computes round(100 * total / n, 2): 23 of 160 right is exactly 14.375 there and rounds to 14.38;
+    100 * (23 / 160) is 14.374999... and would give 14.37."""
+    predictions = ["Paragraph 1"] * 23 + ["Paragraph 2"] * 137
+    assert m.score_dataset("passage_retrieval_en", predictions, [["Paragraph 1"]] * 160, None) == 14.38
+
+
+# LongBench's eval.py as a script calls Rouge.get_scores at this depth: <module>, scorer, rouge_score (and
+# rouge_zh_score), get_scores, with LongBench's metric functions as they are written.
+LONGBENCH_ROUGE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jieba
+    from rouge import Rouge
+
+    def rouge_score(prediction, ground_truth, **kwargs):
+        rouge = Rouge()
+        try:
+            scores = rouge.get_scores([prediction], [ground_truth], avg=True)
+        except:
+            return 0.0
+        return scores["rouge-l"]["f"]
+
+    def rouge_zh_score(prediction, ground_truth, **kwargs):
+        prediction = " ".join(list(jieba.cut(prediction, cut_all=False)))
+        ground_truth = " ".join(list(jieba.cut(ground_truth, cut_all=False)))
+        score = rouge_score(prediction, ground_truth)
+        return score
+
+    def scorer(metric, predictions, answers):
+        scores = []
+        for (prediction, ground_truth) in zip(predictions, answers):
+            scores.append(metric(prediction, ground_truth))
+        return scores
+
+    cases = json.load(open(sys.argv[1]))
+    print(json.dumps([scorer(rouge_score, *zip(*cases)), scorer(rouge_zh_score, *zip(*cases))]))
+""")
+
+
+def test_rouge_gives_up_on_long_sentences_exactly_where_longbench_does(tmp_path):
+    """rouge's LCS recurses once per word: past the recursion limit LongBench scores 0. Where that happens depends
+    on how deep get_scores is called, so a 1000-word reference scores or not as in LongBench's own script."""
+    cases = [("shared p1", " ".join(["shared", *(f"w{i}" for i in range(n - 2)), "p1"])) for n in range(980, 998, 2)]
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    (tmp_path / "longbench_rouge.py").write_text(LONGBENCH_ROUGE_SCRIPT)
+    done = subprocess.run([sys.executable, "longbench_rouge.py", "cases.json"], cwd=tmp_path, capture_output=True,
+                          text=True, check=True)
+    english, chinese = json.loads(done.stdout)
+    assert 0.0 in english and 0.0 < english[0]  # the boundary is inside the range tested
+    assert 0.0 in chinese and 0.0 < chinese[0]
+    assert [m.rouge_score(p, g) for p, g in cases] == english
+    assert [m.rouge_zh_score(p, g) for p, g in cases] == chinese
 
 
 def test_first_line_rule_applies_to_first_line_datasets_only():

@@ -108,6 +108,7 @@ def score_file(path: Path, longbench_e: bool):
     """(dataset, number of samples, score or bucket dict) for one prediction file."""
     dataset = path.name[: -len(".jsonl")]
     records = read_predictions(path, need_length=longbench_e)
+    _refuse_repeats(records, path)
     predictions = [r["pred"] for r in records]
     answers = [r["answers"] for r in records]
     # LongBench takes all_classes from the file's last line (it is the same on every line).
@@ -120,6 +121,17 @@ def score_file(path: Path, longbench_e: bool):
     except ValueError as err:
         raise EvalError(f"{path}: {err}") from None
     return dataset, len(records), score
+
+
+def _refuse_repeats(records: list, path: Path) -> None:
+    """A sample predicted twice would count twice in the score (files without ids, such as LongBench's own, pass)."""
+    seen = set()
+    for record in records:
+        sid = record.get("_id")
+        if sid is not None and sid in seen:
+            raise EvalError(f"{path}: sample {sid!r} is predicted twice; delete one of its lines "
+                            "(or re-run pred.py for this dataset).")
+        seen.add(sid)
 
 
 def _sample_id(record: dict, path: Path, position: int):
@@ -137,8 +149,9 @@ def sample_scores(path: Path) -> dict:
     A sample's score is its metric's best value over its answers (LongBench's per-sample
     value), times 100. Their mean, rounded to 2 decimals, is the dataset score eval.py
     reports, except where the exact mean lies halfway between two hundredths (such as
-    18.125): there LongBench's arithmetic (100 times the mean of the [0, 1] values) and
-    this mean may round to different neighbours, 0.01 apart. EvalError for a repeated id.
+    18.125): there LongBench's arithmetic (100 times the total of the [0, 1] values, over
+    their count) and this mean may round to different neighbours, 0.01 apart. EvalError
+    for a repeated id.
     """
     dataset = path.name[: -len(".jsonl")]
     records = read_predictions(path, need_length=False)
