@@ -75,7 +75,7 @@ def parse_args(argv=None):
                       help="arithmetic of the scores: model (the paper's: probabilities rounded to the model dtype, "
                            "scores accumulated in it) or float32; default float32 for bfloat16 models, else model")
     ours.add_argument("--trust_remote_code", action="store_true",
-                      help="run the code a model's repository ships (chatglm, internlm, xgen need it); "
+                      help="run the code a model's repository ships (internlm, xgen need it); "
                            "only for repositories you trust")
     ours.add_argument("--batch_size", type=int, default=1,
                       help="prompts generated together, grouped by length (left-padded); each is pruned as if it "

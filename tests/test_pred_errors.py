@@ -84,6 +84,8 @@ def _sliding_window_model(folder):
 
 CASES = {  # id: (flags, environment, what the message must say)
     "unknown model": (["--model", "gpt-9"] + METHOD, {}, ["unknown model 'gpt-9'", "model2path.json", MODEL]),
+    "chatglm": (["--model", "chatglm3-6b-32k"] + METHOD, {}, ["chatglm3-6b-32k: LongBench builds ChatGLM's prompts",
+                                                              "use a Llama-family model"]),
     "model path missing": (METHOD, {"VATP_CONFIG_DIR": "{root}/config"}, ["no-such-model", "does not exist"]),
     "config file missing": (METHOD, {"VATP_CONFIG_DIR": "{root}/empty_config"}, ["model2path.json not found"]),
     "heavy_ratio 0": (METHOD + ["--heavy_ratio", "0"], {}, ["--heavy_ratio must be in (0, 1], got 0.0"]),

@@ -63,6 +63,10 @@ def resolve_model(name: str, folder: Path | None = None) -> tuple[str, int]:
                          f"or pick one of: {', '.join(sorted(paths))}")
     if name not in limits:
         raise UsageError(f"model {name!r} has no prompt length in {folder / 'model2maxlen.json'}; add one")
+    if "chatglm" in name:
+        raise UsageError(f"{name}: LongBench builds ChatGLM's prompts with methods of its remote-code tokenizer "
+                         "(build_prompt, build_chat_input) that this harness does not implement, and its attention "
+                         "bypasses transformers' interface, so vatp cannot prune it; use a Llama-family model")
     path = paths[name]
     if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
         raise UsageError(f"model path {path} of {name!r} does not exist; fix {folder / 'model2path.json'} "
