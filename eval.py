@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from vatp.longbench.evaluate import RESULT_NAME, EvalError, evaluate, format_table, unmerged_datasets, write_results
+from vatp.longbench.evaluate import (RESULT_NAME, EvalError, evaluate, format_table, run_notes, unmerged_datasets,
+                                     write_results)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +41,8 @@ def main(argv=None) -> int:
         print(f"eval.py: warning: {dataset} has unmerged part files in {model_dir / (dataset + '.parts')}; "
               "its predictions may be incomplete: let pred.py finish (or re-run it) so it merges them.",
               file=sys.stderr)
+    for note in run_notes(model_dir, rows, args.e):
+        print(f"eval.py: warning: {note}", file=sys.stderr)
     try:
         out = write_results(model_dir, rows)
     except OSError as err:

@@ -108,6 +108,30 @@ def test_a_sample_predicted_twice_is_refused_and_nothing_written(save):
     assert not (save / MODEL / "result.json").exists()
 
 
+def _record(save, dataset, limit=None, e=False):
+    """A run record as pred.py leaves it beside the predictions."""
+    session = {"args": {"limit": limit}, "versions": {}, "count": len(PREDICTIONS[dataset])}
+    record = {"dataset": dataset, "settings": {"e": e, "backend": "mask"}, "sessions": [session]}
+    (save / MODEL / f"run_{dataset}.json").write_text(json.dumps(record))
+
+
+def test_runs_cut_by_limit_or_made_on_other_data_are_flagged(save):
+    """The scores are written as LongBench's, and the run records say what the scores cannot."""
+    _record(save, "trec", limit=2)
+    _record(save, "hotpotqa")
+    _record(save, "lcc", e=True)
+    proc = run_eval("--model", MODEL, "--save", save)
+    assert proc.returncode == 0
+    assert json.loads((save / MODEL / "result.json").read_text()) == LONGBENCH_RESULT
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("eval.py: warning:")]
+    assert warnings == ["eval.py: warning: lcc: predicted on LongBench-E data; score it with --e",
+                        "eval.py: warning: trec: predicted with --limit 2, so its 2 samples are a subset of the "
+                        "dataset and its score is not a LongBench score; rerun pred.py without --limit to finish"]
+    proc = run_eval("--model", MODEL, "--save", save, "--e")
+    assert "hotpotqa: predicted on LongBench data; score it without --e" in proc.stderr
+    assert "lcc:" not in proc.stderr
+
+
 def test_failed_run_leaves_previous_result_untouched(save):
     assert run_eval("--model", MODEL, "--save", save).returncode == 0
     before = (save / MODEL / "result.json").read_text()

@@ -43,6 +43,31 @@ def unmerged_datasets(model_dir: Path) -> list:
     return sorted(d.name[: -len(".parts")] for d in model_dir.glob("*.parts") if any(d.glob("*.jsonl")))
 
 
+def run_notes(model_dir: Path, rows: list, longbench_e: bool) -> list:
+    """What pred.py's run records say about the scored predictions that the scores alone do not: a run
+    cut short by --limit, or predictions made on the other data (LongBench vs LongBench-E)."""
+    from vatp.longbench.runs import RunIOError, load_run_record
+
+    notes = []
+    for dataset, n, _ in rows:
+        try:
+            record = load_run_record(model_dir, dataset)
+        except RunIOError as err:
+            notes.append(f"{dataset}: its run record cannot be read ({err}), so how it was predicted is unknown")
+            continue
+        if record is None:  # predictions from elsewhere (LongBench's own pred.py, say)
+            continue
+        limit = record["sessions"][-1].get("args", {}).get("limit")
+        if limit is not None:
+            notes.append(f"{dataset}: predicted with --limit {limit}, so its {n} samples are a subset of the "
+                         "dataset and its score is not a LongBench score; rerun pred.py without --limit to finish")
+        made_e = bool(record["settings"].get("e"))
+        if made_e != longbench_e:
+            data, flag = ("LongBench-E", "with --e") if made_e else ("LongBench", "without --e")
+            notes.append(f"{dataset}: predicted on {data} data; score it {flag}")
+    return notes
+
+
 def _field_error(path: Path, lineno: int, problem: str) -> EvalError:
     return EvalError(f"{path}, line {lineno}: {problem}. Each line must be a JSON object "
                      '{"pred": str, "answers": [str, ...], "all_classes": [str, ...] or null, "length": int}; '
