@@ -89,7 +89,7 @@ def test_probs_and_norms_match_what_the_session_scores(embedded, ids):
     torch.testing.assert_close(probs.sum(dim=-1), torch.ones(probs.shape[:2]))
     assert not probs.triu(diagonal=1).any()  # causal
     with vatp.enabled(model, heavy_ratio=1.0, h2o=True, backend="mask") as session:
-        probe.forward_through(model, ids, layer)
+        probe.forward_through(model, ids, layer, use_cache=True)
         state = session.layers[layer]
     kv_heads = model.config.num_key_value_heads
     torch.testing.assert_close(policy.group_to_kv_heads(probs.sum(dim=1), kv_heads), state.scores,
