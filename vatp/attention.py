@@ -37,7 +37,9 @@ def vatp_attention_forward(module, query, key, value, attention_mask, scaling=No
     session: VatpSession = getattr(module, _SESSION_ATTR)
     scaling = module.head_dim ** -0.5 if scaling is None else scaling
     window = support.layer_window(module.config, module.layer_idx, sliding_window)
-    return session.attend(module.layer_idx, query, key, value, attention_mask, scaling, window)
+    out, weights = session.attend(module.layer_idx, query, key, value, attention_mask, scaling, window)
+    # transformers' own attention functions return a contiguous output, and some models .view() it (AFMoE).
+    return out.contiguous(), weights
 
 
 # The mask function decides what `attention_mask` the model hands us: SDPA's
@@ -61,7 +63,7 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
     config = replace(config or VatpConfig(), **settings)
     modules = _attention_modules(model)
     if not modules:
-        raise ValueError(
+        raise support.UnsupportedError(
             f"{type(model).__name__} has no attention layers that use transformers' attention interface; "
             "vatp supports Llama-family models (Llama, Mistral, Qwen2, SmolLM2, ...)"
         )
@@ -123,6 +125,7 @@ def _before_forward(session: VatpSession, decoder):
     the true ones (``generate`` passes them, from the attention mask).
     """
     def hook(module, args, kwargs):
+        session.attended.clear()
         inputs = kwargs.get("input_ids", args[0] if args else None)
         inputs = inputs if inputs is not None else kwargs.get("inputs_embeds")
         if inputs is None:

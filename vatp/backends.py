@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .policy import Budget, kept_count
+from .support import UnsupportedError
 
 
 @dataclass
@@ -141,6 +142,7 @@ class EvictBackend:
             return
         layer = cache.layers[layer_idx]
         if not isinstance(layer, SlotLayer):  # the prompt: gather each row's kept tokens into slots 0, 1, ...
+            _check_compactable(layer, layer_idx, states, pads)
             layer = cache.layers[layer_idx] = _compact(layer, states, pads)
         for state in states:
             if state.freed is None:  # no slot was emptied: take the row's next unused one
@@ -173,6 +175,22 @@ class EvictBackend:
         state.slots = torch.cat([state.slots, new[:, None]], dim=1)
         state.positions = torch.cat([state.positions, torch.full_like(new[:, None], state.seen)], dim=1)
         return state.slots
+
+
+def _check_compactable(layer, layer_idx: int, states: list[LayerState], pads: list[int]) -> None:
+    """Refuse to evict from a cache layer that is not the keys and values the attention saw, token for token
+    and head for head: a hybrid layer that also holds a state-space model's state, or keys expanded after
+    caching (multi-head latent attention, JetMoE), where dropping a token from one head is not defined."""
+    if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
+        raise UnsupportedError(f"the evict backend removes tokens from a plain key/value cache, but layer "
+                               f"{layer_idx}'s cache is a {type(layer).__name__} (it holds more than keys and "
+                               "values, as in hybrid attention/state-space models); use backend='mask'")
+    heads, length = states[0].scores.shape[0], states[0].seen + pads[0]
+    if tuple(layer.keys.shape[1:3]) != (heads, length):
+        raise UnsupportedError(f"the evict backend removes tokens per key/value head, but layer {layer_idx} caches "
+                               f"(heads, tokens) {tuple(layer.keys.shape[1:3])} and its attention saw "
+                               f"{(heads, length)}: its keys are expanded after caching (multi-head latent "
+                               "attention, JetMoE); use backend='mask'")
 
 
 def _compact(layer, states: list[LayerState], pads: list[int]) -> SlotLayer:

@@ -8,7 +8,8 @@ Two ways to score a prompt, same result up to float rounding:
   peak extra memory is O(heads x chunk x L), not O(L^2).
 
 :func:`decode_step` attends one new query per row, optionally under a keep mask.
-Shapes: query (1, heads, q, d); key, value (1, kv_heads, kv_len, d) (decode steps: B rows).
+Shapes: query (1, heads, q, d); key (1, kv_heads, kv_len, d); value (1, kv_heads, kv_len, dv), where
+dv may differ from d (MiMo-V2's 128-wide values on 192-wide keys); decode steps: B rows.
 
 ``score_dtype`` is the arithmetic of the scores. The paper's code (float16)
 computes logits in the model dtype, the softmax in float32, rounds the
@@ -66,6 +67,24 @@ def _allowed(mask: torch.Tensor | None, q_len: int, kv_len: int, device, start=0
     return mask if mask.dtype == torch.bool else mask == 0
 
 
+def row_mask(mask: torch.Tensor | None, row: int, pad: int, chunk: int = 1024) -> torch.Tensor | None:
+    """Row ``row``'s own prompt mask, from a left-padded batch's (B, 1|heads, L, L) one.
+
+    None where it is plain causal over the row's tokens after its ``pad`` (so scoring may skip the keys after
+    each query), else its (1, 1|heads, L - pad, L - pad) slice, for scoring to honour (prefix-LM or image
+    tokens that see each other). Compared ``chunk`` query rows at a time, so no L x L tensor is built.
+    """
+    if mask is None:
+        return None
+    own = mask[row:row + 1, :, pad:, pad:]
+    n = own.shape[-1]
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        if not bool((_allowed(own, n, n, own.device, lo, hi) == _causal_allowed(n, n, own.device, lo, hi)).all()):
+            return own
+    return None
+
+
 def eager_prefill(query, key, value, mask, scaling, window: int | None, score_dtype=None):
     """Full attention with explicit probabilities, as the paper's code computes them.
 
@@ -105,12 +124,12 @@ def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk:
     work of a prompt.
     """
     heads, q_len, d = query.shape[1:]
-    kv_heads, kv_len = key.shape[1], key.shape[2]
+    kv_heads, kv_len, dv = key.shape[1], key.shape[2], value.shape[3]
     group = heads // kv_heads
     score_dtype = score_dtype or query.dtype
     start = 0 if window is None else max(q_len - window, 0)
-    keys_t, values = key[0].transpose(1, 2), value[0]  # (kv_heads, d, kv), (kv_heads, kv, d)
-    out = torch.empty(kv_heads, group, q_len, d, dtype=query.dtype, device=query.device)
+    keys_t, values = key[0].transpose(1, 2), value[0]  # (kv_heads, d, kv), (kv_heads, kv, dv)
+    out = torch.empty(kv_heads, group, q_len, dv, dtype=query.dtype, device=query.device)
     sums = torch.zeros(heads, kv_len, dtype=torch.float32, device=query.device)
     for lo, hi in _row_chunks(q_len, start, chunk):
         rows = hi - lo
@@ -123,10 +142,10 @@ def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk:
         probs, scored = probabilities(logits, query.dtype, score_dtype)
         del logits
         out[:, :, lo:hi] = torch.matmul(probs.view(kv_heads, group * rows, seen), values[:, :seen]).view(
-            kv_heads, group, rows, d)
+            kv_heads, group, rows, dv)
         if hi > start:
             sums[:, :seen] += scored[:, max(start - lo, 0):].sum(dim=1, dtype=torch.float32)
-    return out.view(heads, q_len, d).transpose(0, 1)[None], sums.to(score_dtype)
+    return out.view(heads, q_len, dv).transpose(0, 1)[None], sums.to(score_dtype)
 
 
 def decode_step(query, key, value, keep: torch.Tensor | None, scaling, score_dtype=None):
@@ -136,7 +155,7 @@ def decode_step(query, key, value, keep: torch.Tensor | None, scaling, score_dty
     probability is exactly 0 (the paper's ``w*m + (1-m)*min``). The query
     heads of a GQA group attend their shared KV head in one batched matmul,
     without copying the cache per query head.
-    Returns the output (B, 1, heads, d) and the probabilities (B, heads, kv_len)
+    Returns the output (B, 1, heads, dv) and the probabilities (B, heads, kv_len)
     in ``score_dtype`` (default: the model dtype).
     """
     batch, heads, d = query.shape[0], query.shape[1], query.shape[3]
@@ -146,5 +165,5 @@ def decode_step(query, key, value, keep: torch.Tensor | None, scaling, score_dty
     if keep is not None:
         logits = logits.masked_fill(~keep[:, :, None, :], torch.finfo(logits.dtype).min)
     probs, scored = probabilities(logits, query.dtype, score_dtype)
-    out = torch.matmul(probs, value)  # (B, kv_heads, group, d)
-    return out.reshape(batch, 1, heads, d), scored.reshape(batch, heads, kv_len)
+    out = torch.matmul(probs, value)  # (B, kv_heads, group, dv)
+    return out.reshape(batch, 1, heads, value.shape[3]), scored.reshape(batch, heads, kv_len)

@@ -29,6 +29,8 @@ class VatpSession:
         self.rows: list[dict[int, LayerState]] = []  # per batch row: layer index -> its state
         self.pads: list[int] = []  # per batch row: padding tokens before its prompt (set before each prompt)
         self.cache = None  # the KV cache of the current forward (evict backend)
+        self.attended: set[int] = set()  # layers attended in the current forward (cleared before each)
+        self._row_masks = None  # (the prompt's mask, each row's own mask): worked out once per mask
         scorings = {"eager": lambda: scoring.eager_prefill, "chunked": lambda: self._chunked_prefill,
                     "fused": _load_fused_prefill}
         self._prefill = scorings[config.resolved_scoring]()
@@ -42,6 +44,7 @@ class VatpSession:
         """Forget the current sample. A new prompt (empty cache) also resets."""
         self.rows = []
         self.cache = None
+        self._row_masks = None
 
     def budget(self, prompt_len: int) -> policy.Budget:
         """The budget for a prompt of this length; raises BudgetError with a fix if there is none."""
@@ -53,13 +56,16 @@ class VatpSession:
 
     # -- the attention call ---------------------------------------------------
     def attend(self, layer_idx: int, query, key, value, mask, scaling, window: support.Window | None = None):
-        """query (B, heads, q, d); key, value (B, kv_heads, kv, d) -> ((B, q, heads, d), None).
+        """query (B, heads, q, d); key (B, kv_heads, kv, d); value (B, kv_heads, kv, dv) -> ((B, q, heads, dv), None).
 
         A layer's ``window`` (sliding, or chunks) is refused once the longest row outgrows it.
         """
+        support.check_called_once(layer_idx, self.attended)
         q_len, kv_len = query.shape[2], key.shape[2]
         if q_len == kv_len:  # empty cache before this call: a new sample
             support.check_window(layer_idx, window, kv_len)
+            if mask is not None and mask.is_floating_point():
+                support.check_additive_mask(layer_idx, mask, torch.finfo(mask.dtype).min)
             return self._attend_prompt(layer_idx, query, key, value, mask, scaling)
         states = [row.get(layer_idx) for row in self.rows]
         if not states or None in states or q_len != 1 or len(states) != query.shape[0]:
@@ -82,13 +88,20 @@ class VatpSession:
         if batch == 1 and pads[0] == 0:  # the paper's case, as it computes it
             out = self._score_prompt(layer_idx, 0, query, key, value, mask, scaling)
         else:
-            out = query.new_zeros(batch, query.shape[2], query.shape[1], query.shape[3])  # padding rows stay 0
-            for b, pad in enumerate(pads):  # each row alone: its own tokens, causal (padding is never scored)
+            out = query.new_zeros(batch, query.shape[2], query.shape[1], value.shape[3])  # padding rows stay 0
+            masks = [None] * batch if mask is None else self._own_masks(mask, pads)
+            for b, pad in enumerate(pads):  # each row alone: its own tokens under its own mask (padding is never scored)
                 rows = slice(b, b + 1), slice(None), slice(pad, None)
-                out[b:b + 1, pad:] = self._score_prompt(layer_idx, b, query[rows], key[rows], value[rows], None,
+                out[b:b + 1, pad:] = self._score_prompt(layer_idx, b, query[rows], key[rows], value[rows], masks[b],
                                                         scaling)
         self.backend.prepare_next([row[layer_idx] for row in self.rows], self.cache, layer_idx, pads)
         return out, None
+
+    def _own_masks(self, mask, pads: list[int]) -> list:
+        """Each row's own prompt mask (:func:`scoring.row_mask`), worked out once per mask: layers share the model's."""
+        if self._row_masks is None or self._row_masks[0] is not mask:  # held, so a new mask is a new object
+            self._row_masks = mask, [scoring.row_mask(mask, b, pad) for b, pad in enumerate(pads)]
+        return self._row_masks[1]
 
     def _score_prompt(self, layer_idx, row, query, key, value, mask, scaling):
         """One row's prompt: query (1, heads, L, d) -> output (1, L, heads, d); its state and decision."""
@@ -107,6 +120,7 @@ class VatpSession:
         return out
 
     def _attend_step(self, layer_idx, states, query, key, value, scaling):
+        self._row_masks = None  # the prompt's mask is not needed any more
         pads = self._row_pads(len(states))
         keep = self.backend.step_mask(states, pads)  # (B, kv_heads, kv_len) or None
         out, probs = scoring.decode_step(query, key, value, keep, scaling, states[0].scores.dtype)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 # Attention-interface keywords that leave the attention itself unchanged.
 PASSIVE_KWARGS = frozenset({"position_ids", "cache_position", "use_cache", "output_attentions",
-                            "output_router_logits", "past_key_values", "is_causal"})
+                            "output_router_logits", "past_key_values", "is_causal", "logits_to_keep"})
 
 
 class UnsupportedError(ValueError):
@@ -48,6 +48,28 @@ def check_causal(layer_idx: int, is_causal: bool | None) -> None:
     if is_causal is False:
         raise UnsupportedError(f"layer {layer_idx} attends bidirectionally (is_causal=False): vatp scores causal "
                                "attention only; use a decoder-only Llama-family model")
+
+
+def check_additive_mask(layer_idx: int, mask, lowest: float) -> None:
+    """Refuse a float mask that adds a bias to the logits (Doge's dynamic mask): vatp reads a mask as
+    attend / do not attend, so the bias would be dropped. ``lowest``: the float dtype's most negative value."""
+    if bool(((mask != 0) & (mask > lowest / 2)).any()):
+        raise UnsupportedError(f"layer {layer_idx} adds a bias to its attention logits through its mask (a float "
+                               "mask with values other than 0 and -inf, e.g. Doge's dynamic mask): vatp does not "
+                               "implement it, so its scores would not be the model's attention; use a model whose "
+                               "mask only hides tokens")
+
+
+def check_called_once(layer_idx: int, attended: set[int]) -> None:
+    """Refuse a layer that calls its attention twice in one forward (DiffLlama's differential attention,
+    a recurrent block): its second call would overwrite the first's scores. ``attended``: layers seen in this
+    forward, to which ``layer_idx`` is added."""
+    if layer_idx in attended:
+        raise UnsupportedError(f"layer {layer_idx} calls its attention more than once in a forward (differential "
+                               "attention such as DiffLlama's, or a block applied repeatedly): vatp scores one "
+                               "attention call per layer and token, so its scores would not be the model's; use a "
+                               "model with one attention call per layer")
+    attended.add(layer_idx)
 
 
 def check_cache_in_use(use_cache: bool | None) -> None:
@@ -93,6 +115,13 @@ def left_padding(attention_mask) -> list[int]:
     """
     if attention_mask is None:
         return []
+    if isinstance(attention_mask, dict) and not any(mask is not None for mask in attention_mask.values()):
+        return []  # one mask per layer type (Gemma 3), all of them plain causal: no padding
+    if isinstance(attention_mask, dict):
+        raise UnsupportedError("the model was handed one mask per layer type (Gemma 3 and other models mixing "
+                               f"sliding and full attention, {_short(attention_mask)}), and at least one is not "
+                               "plain causal (padding, image tokens): vatp would score plain causal attention; "
+                               "run one unpadded text prompt at a time")
     if getattr(attention_mask, "dim", lambda: None)() != 2:
         raise UnsupportedError("vatp takes a 2-D (batch, length) attention_mask of left padding; a custom mask "
                                f"({_short(attention_mask)}: packed sequences, prefix-LM, image tokens) would be "
