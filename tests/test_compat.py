@@ -27,8 +27,8 @@ def _all_same(row, which=""):
     return all(check["result"] == "same" for name, check in row["checks"].items() if which in name)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen3", "gemma", "gemma3_text", "phi3", "cohere",
-                                        "olmo2", "granite", "starcoder2"])
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen3", "gemma", "gemma3_text", "gemma3", "phi3",
+                                        "cohere", "olmo2", "granite", "starcoder2"])
 def test_llama_like_families_equal_the_model_and_evict_equals_mask(model_type):
     row = _check(model_type)
     assert row["verdict"] == "supported", row["reason"]
@@ -154,11 +154,18 @@ def test_a_layer_attending_twice_is_refused_and_a_new_forward_clears_the_record(
     session.attend(0, query, query, query, None, 0.25)
 
 
-def test_logits_to_keep_is_passive_and_per_layer_type_masks_are_read():
+def test_logits_to_keep_is_passive_and_per_layer_type_masks_give_the_padding():
     check_attention_arguments(0, 0.0, {"logits_to_keep": 1})  # only the LM head reads it
     assert left_padding({"full_attention": None, "sliding_attention": None}) == []
-    with pytest.raises(UnsupportedError, match="one mask per layer type"):
-        left_padding({"full_attention": torch.ones(1, 1, 4, 4, dtype=torch.bool), "sliding_attention": None})
+    padded = _padded_prompt_mask(12, [0, 3])
+    sliding = padded & ~torch.ones(12, 12, dtype=torch.bool).tril(-6)  # a 6-token window
+    assert left_padding({"sliding_attention": sliding, "full_attention": padded}) == [0, 3]  # read off the full one
+    additive = torch.zeros(2, 1, 12, 12).masked_fill(~padded, torch.finfo(torch.float32).min)
+    assert left_padding({"full_attention": additive}) == [0, 3]
+    holes = padded.clone()
+    holes[1, :, -1, 5] = False
+    with pytest.raises(UnsupportedError, match="right padding or holes"):
+        left_padding({"full_attention": holes})
 
 
 def test_verdicts_and_the_table():

@@ -111,17 +111,21 @@ def left_padding(attention_mask) -> list[int]:
     """Per row, how many padding tokens (zeros of a 2-D ``attention_mask`` (batch, length)) precede the prompt.
 
     Each row's zeros must be a prefix (left padding, as ``generate`` needs); others are refused, and so
-    is any other kind of mask (4-D, or one per layer type): vatp would score plain causal attention.
+    is a 4-D mask from the caller: vatp could not tell what a decode step may attend. One 4-D mask per
+    layer type, as ``generate`` builds them for Gemma 3, is read off the last query row of the full
+    attention one: each layer's own mask is then honoured at the prompt (see ``scoring.row_mask``).
     """
+    if isinstance(attention_mask, dict):
+        masks = sorted(((kind != "full_attention", kind) for kind, mask in attention_mask.items() if mask is not None))
+        if not masks:  # all plain causal, no padding
+            return []
+        mask = attention_mask[masks[0][1]]
+        if getattr(mask, "dim", lambda: None)() != 4:
+            raise UnsupportedError(f"vatp reads one 4-D mask per layer type; got {_short(mask)} for {masks[0][1]}")
+        last = mask[:, 0, -1, :]  # what each row's last token attends: its own tokens, after its padding
+        attention_mask = last if not last.is_floating_point() else last == 0
     if attention_mask is None:
         return []
-    if isinstance(attention_mask, dict) and not any(mask is not None for mask in attention_mask.values()):
-        return []  # one mask per layer type (Gemma 3), all of them plain causal: no padding
-    if isinstance(attention_mask, dict):
-        raise UnsupportedError("the model was handed one mask per layer type (Gemma 3 and other models mixing "
-                               f"sliding and full attention, {_short(attention_mask)}), and at least one is not "
-                               "plain causal (padding, image tokens): vatp would score plain causal attention; "
-                               "run one unpadded text prompt at a time")
     if getattr(attention_mask, "dim", lambda: None)() != 2:
         raise UnsupportedError("vatp takes a 2-D (batch, length) attention_mask of left padding; a custom mask "
                                f"({_short(attention_mask)}: packed sequences, prefix-LM, image tokens) would be "

@@ -53,11 +53,12 @@ RESULTS, TABLE = "compat.jsonl", "compat.md"
 
 def tiny_config(model_type: str, base: dict | None = None):
     """A 2-layer config of ``model_type`` (from ``base``, a checkpoint's config dict, if given); a config that
-    mixes attention kinds (``layer_types``) keeps one layer of each."""
+    mixes attention kinds (``layer_types``) keeps one layer of each, a multimodal one a small language model."""
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
-    settings = {key: value for key, value in (base or {}).items() if key != "model_type"}
+    # per_layer_config (Gemma 4) is indexed by layer: the config derives it again for the layers kept
+    settings = {key: value for key, value in (base or {}).items() if key not in ("model_type", "per_layer_config")}
     settings.update(SMALL, **SPECIAL)
     kinds = list(dict.fromkeys(settings.get("layer_types") or []))
     if len(kinds) > 1:
@@ -65,6 +66,10 @@ def tiny_config(model_type: str, base: dict | None = None):
     elif kinds:
         settings["layer_types"] = kinds * 2
     config = AutoConfig.for_model(model_type, **settings)
+    if "text_config" in getattr(config, "sub_configs", {}):  # a multimodal wrapper: its language model, small
+        text = config.text_config
+        settings["text_config"] = tiny_config(text.model_type, text.to_dict()).to_dict()
+        config = AutoConfig.for_model(model_type, **settings)
     if getattr(config, "kv_lora_rank", None):
         config = AutoConfig.for_model(model_type, **(settings := settings | LATENT))
     try:
