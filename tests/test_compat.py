@@ -70,7 +70,8 @@ def test_evict_is_refused_where_the_cache_is_not_the_attended_keys_and_mask_equa
     assert all(message in check["detail"] and "backend='mask'" in check["detail"] for check in evict)
 
 
-@pytest.mark.parametrize("model_type, message", [("gemma2", "softcap"), ("gpt_oss", "learned attention sinks")])
+@pytest.mark.parametrize("model_type, message", [("gemma2", "softcap"), ("gpt_oss", "learned attention sinks"),
+                                                 ("minimax", "keeps a cache of its own")])
 def test_known_unsupported_features_are_refused_everywhere(model_type, message):
     row = _check(model_type)
     assert row["verdict"] == "refused" and message in row["reason"]

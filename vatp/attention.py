@@ -67,6 +67,10 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
             f"{type(model).__name__} has no attention layers that use transformers' attention interface; "
             "vatp supports Llama-family models (Llama, Mistral, Qwen2, SmolLM2, ...)"
         )
+    if not getattr(model, "_supports_default_dynamic_cache", lambda: True)():  # generate's own test
+        raise support.UnsupportedError(f"{type(model).__name__} keeps a cache of its own (not a DynamicCache, e.g. "
+                                       "MiniMax's linear-attention state), which vatp does not prune; use a model "
+                                       "whose generate makes a DynamicCache")
     disable(model)
     session = VatpSession(config)
     previous = model.config._attn_implementation
