@@ -4,9 +4,11 @@
     python bench/bench_kv.py --shape llama2-7b --device cuda --dtype float16 \
         --lengths 4096 8192 16384 32768 --out bench/results/gpu            # random 7B-shaped model
 
-Each (mode, length) point runs in a fresh process, so peak memory is that
-point's own: CUDA's max_memory_allocated above the weights on GPU, the rise
-of the peak RSS over the loaded model on CPU. Writes ``OUT.json``, ``OUT.md``
+Peak memory is each point's own: on CPU every (mode, length) point runs in
+a fresh process and counts the rise of the peak RSS over the loaded model;
+on CUDA each mode runs in a fresh process, builds the model once and counts
+max_memory_allocated above the weights, reset before each length (a length
+out of GPU memory is recorded as failed, and the longer ones still run). Writes ``OUT.json``, ``OUT.md``
 and ``OUT.png``. Modes: ``full`` (the model's SDPA, no pruning), ``mask`` (the
 paper's way: eager L x L scoring, pruned tokens masked) and ``evict`` (scoring
 without the L x L matrix, ``--scoring chunked`` or ``fused``; pruned tokens
@@ -60,17 +62,34 @@ def memory_now(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(args, mode: str, length: int) -> dict:
-    """One point, in this process: prefill, then ``steps`` greedy decode steps."""
+def measure(args, mode: str, lengths: list[int]) -> list[dict]:
+    """Points of one mode, in this process and on one model: prefill, then ``steps`` greedy decode steps.
+
+    A length that runs out of GPU memory is a point with an ``error``; the longer lengths still run.
+    """
     import torch
 
     import vatp
 
     model = load(args)
-    cuda = args.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     if mode != "full":
         vatp.enable(model, backend=mode, scoring="eager" if mode == "mask" else args.scoring, **SETTINGS)
+    points = []
+    for length in lengths:
+        try:
+            points.append(measure_one(args, model, mode, length))
+        except torch.cuda.OutOfMemoryError:
+            points.append(dict(mode=mode, length=length, error="out of GPU memory"))
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return points
+
+
+def measure_one(args, model, mode: str, length: int) -> dict:
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     ids = torch.randint(10, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
     ids = ids.to(args.device)
     with torch.no_grad():
@@ -162,23 +181,29 @@ def main(argv=None) -> int:
     p.add_argument("--scoring", choices=["chunked", "fused"], default="chunked", help="evict's prefill scoring")
     p.add_argument("--steps", type=int, default=16, help="decode steps timed after the prefill")
     p.add_argument("--out", default="bench/results/cpu", help="output prefix: OUT.json, OUT.md, OUT.png")
-    p.add_argument("--point", nargs=2, metavar=("MODE", "LENGTH"), help=argparse.SUPPRESS)  # child process
+    p.add_argument("--point", nargs="+", metavar="MODE LENGTH", help=argparse.SUPPRESS)  # child process
     args = p.parse_args(argv)
     if args.point:
-        print(json.dumps(measure(args, args.point[0], int(args.point[1]))))
+        for point in measure(args, args.point[0], [int(n) for n in args.point[1:]]):
+            print(json.dumps(point), flush=True)
         return 0
+    # A child process per point on CPU, where peak RSS never falls back; per mode on CUDA, whose peak
+    # counter is reset for each point, so that the 7B-shaped model is built once per mode.
+    groups = [[n] for n in args.lengths] if args.device == "cpu" else [args.lengths]
     points = []
-    for length in args.lengths:
+    for lengths in groups:
         for mode in args.modes:
             own = sys.argv[1:] if argv is None else argv
-            child = [sys.executable, __file__, *own, "--point", mode, str(length)]
+            child = [sys.executable, __file__, *own, "--point", mode, *map(str, lengths)]
             done = subprocess.run(child, capture_output=True, text=True)
+            found = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+            for point in found:
+                print(f"{mode:>5} {point['length']:>6}: {point}", flush=True)
             if done.returncode:
-                print(f"{mode} at {length}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-                points.append(dict(mode=mode, length=length, error=done.stderr.strip().splitlines()[-1]))
-                continue
-            points.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"{mode:>5} {length:>6}: {points[-1]}", flush=True)
+                print(f"{mode}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                found += [dict(mode=mode, length=n, error=error) for n in lengths[len(found):]]
+            points += found
     ok = [pt for pt in points if "error" not in pt]
     rows = ratios(ok)
     title = (f"{args.shape or args.model}, {args.dtype}, {args.device}, H2O+VATP heavy_ratio 0.25 (50% budget), "

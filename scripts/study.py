@@ -2,7 +2,7 @@
 
     python scripts/study.py --out study_out                          # CPU: embedded model, 2 lengths
     python scripts/study.py --out study_gpu --tokens 4000 8000 --samples 50 --budgets 0.2 0.5 \
-        --device cuda --dtype float16 --backend evict --batch_size 16 --predict_only   # on the GPU machine
+        --device cuda --dtype float16 --backend evict --batch_size 50 --jobs 8 --predict_only   # on the GPU
     python scripts/study.py --out study_gpu --tokens 4000 8000 --samples 50 --budgets 0.2 0.5 --report_only
 
 For each context length it builds the offline suite, then runs pred.py and
@@ -32,6 +32,7 @@ import argparse
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +68,50 @@ def complete(data: Path, folder: Path) -> bool:
     return all(lines(folder / f"{t}.jsonl") >= lines(data / f"{t}.jsonl") > 0 for t in TASKS)
 
 
+def pred_command(args, data: Path, save: Path, flags: list[str]) -> list[str]:
+    """The pred.py command of one grid point."""
+    return [sys.executable, "pred.py", "--model", args.model, "--data_dir", str(data), "--datasets", *TASKS,
+            "--save", str(save), "--backend", args.backend, *(["--device", args.device] if args.device else []),
+            "--batch_size", str(args.batch_size), *(["--dtype", args.dtype] if args.dtype else []), *flags]
+
+
+def point_flags(name: str, budget: float, sink_len: int) -> list[str]:
+    """pred.py's flags for method ``name`` at ``budget`` (heavy_ratio = budget / 2; sinks where the method has them)."""
+    flags = METHODS[name][1]
+    sink = ["--sink_len", str(sink_len)] if "--apval" in flags or name == "streaming" else []
+    return ["--heavy_ratio", str(budget / 2), *flags, *sink]
+
+
+def generate_in_parallel(args, out: Path) -> None:
+    """Build each length's suite, then run the grid's unfinished pred.py points ``--jobs`` at a time.
+
+    The points are independent processes writing their own folders, so several can share one GPU
+    (a small model's decode is bound by launching kernels, not by the GPU). Each point's output goes to
+    its folder's ``pred.log``; a point that fails is reported and the others go on.
+    """
+    commands = []
+    for n in args.tokens:
+        data = out / f"data_{n}"
+        run([sys.executable, "-m", "vatp.longbench.suite", "--out", str(data), "--samples", str(args.samples),
+             "--tokens", str(n), "--tasks", *TASKS])
+        grid = [(out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])]
+        grid += [(out / f"t{n}" / f"{name}_b{b}", point_flags(name, b, args.sink_len))
+                 for b in args.budgets for name in METHODS]
+        commands += [(save, pred_command(args, data, save, flags)) for save, flags in grid
+                     if not complete(data, save / args.model)]
+
+    def launch(job: tuple[Path, list[str]]) -> tuple[Path, int]:
+        save, cmd = job
+        save.mkdir(parents=True, exist_ok=True)
+        with open(save / "pred.log", "a") as log:
+            return save, subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+
+    print(f"{len(commands)} points to generate, {args.jobs} at a time", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for save, code in pool.map(launch, commands):
+            print(f"{'done' if code == 0 else f'FAILED ({code}), see pred.log'}: {save.relative_to(out)}", flush=True)
+
+
 def predict(args, data: Path, save: Path, flags: list[str]) -> Path | None:
     """pred.py + eval.py for one grid point, unless its result is already there (None: not scored).
 
@@ -79,10 +124,7 @@ def predict(args, data: Path, save: Path, flags: list[str]) -> Path | None:
     if result.is_file() and all(p.is_file() and p.stat().st_mtime <= result.stat().st_mtime for p in preds):
         return folder
     if not args.report_only:
-        run([sys.executable, "pred.py", "--model", args.model, "--data_dir", str(data), "--datasets", *TASKS,
-             "--save", str(save), "--backend", args.backend, *(["--device", args.device] if args.device else []),
-             "--batch_size", str(args.batch_size), *(["--dtype", args.dtype] if args.dtype else []),
-             *flags])
+        run(pred_command(args, data, save, flags))
     elif not complete(data, folder):
         return None
     if args.predict_only:
@@ -197,9 +239,8 @@ class Findings:
 def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found: Findings) -> None:
     """Run (or reuse) every method at ~n tokens and budget b; add its scores, comparisons and section."""
     runs, samples = [full_run] if full_run else [], {}
-    for name, (label, flags) in METHODS.items():
-        sink = ["--sink_len", str(args.sink_len)] if "--apval" in flags or name == "streaming" else []
-        folder = predict(args, data, out / f"t{n}" / f"{name}_b{b}", ["--heavy_ratio", str(b / 2), *flags, *sink])
+    for name, (label, _) in METHODS.items():
+        folder = predict(args, data, out / f"t{n}" / f"{name}_b{b}", point_flags(name, b, args.sink_len))
         if folder is None:
             found.missing.append(f"{label} at ~{n} tokens, {round(100 * b)}% budget")
             continue
@@ -252,13 +293,24 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="mask", choices=["mask", "evict"])
     p.add_argument("--batch_size", type=int, default=1, help="pred.py's --batch_size (the predictions do not change)")
     p.add_argument("--device", default=None)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="pred.py processes at a time (a GPU takes several); with more than 1, the whole grid is "
+                        "generated first, then scored and reported as --report_only does")
     p.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help="pred.py's --dtype (default: pred.py's)")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--report_only", action="store_true",
                       help="generate nothing; score and report the points whose predictions are complete")
     only.add_argument("--predict_only", action="store_true", help="only generate: no eval.py, no report")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     out = Path(args.out).resolve()
+    if args.jobs > 1 and not args.report_only:
+        generate_in_parallel(args, out)
+        if args.predict_only:
+            print(f"predictions in {out}; score and report them with --report_only")
+            return 0
+        args.report_only = True
     found = Findings()
     for n in args.tokens:
         data = out / f"data_{n}"
