@@ -38,7 +38,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 from vatp.analysis.paired import AVERAGE, PairingError, paired_comparison, score_intervals, verdict
-from vatp.analysis.report import load_run, load_samples, markdown_table, paired_caption, paired_table, write_report
 from vatp.longbench.runs import load_run_record
 from vatp.names import DTYPE_NAMES
 
@@ -238,6 +237,12 @@ class Findings:
 
 def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found: Findings) -> None:
     """Run (or reuse) every method at ~n tokens and budget b; add its scores, comparisons and section."""
+    if args.predict_only:  # generate only: the report needs the metrics' packages (rouge, jieba)
+        for name in METHODS:
+            predict(args, data, out / f"t{n}" / f"{name}_b{b}", point_flags(name, b, args.sink_len))
+        return
+    from vatp.analysis.report import load_run, load_samples, markdown_table, paired_table, write_report
+
     runs, samples = [full_run] if full_run else [], {}
     for name, (label, _) in METHODS.items():
         folder = predict(args, data, out / f"t{n}" / f"{name}_b{b}", point_flags(name, b, args.sink_len))
@@ -261,6 +266,8 @@ def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found:
 
 def study_text(args, command: str, found: Findings) -> str:
     """study.md: the averages chart, a section per length and budget, the verdict counts, what is missing."""
+    from vatp.analysis.report import paired_caption
+
     recorded = ", ".join(f"{key} {'/'.join(sorted(values))}" for key, values in found.recorded.items() if values)
     return (f"# Study: {args.model}, {args.samples} samples per task and length, sink_len {args.sink_len}, "
             f"{recorded or 'backend ' + args.backend}\n\nCommand: `python scripts/study.py {command}`\n\n"
@@ -318,8 +325,11 @@ def main(argv=None) -> int:
             run([sys.executable, "-m", "vatp.longbench.suite", "--out", str(data), "--samples", str(args.samples),
                  "--tokens", str(n), "--tasks", *TASKS])
         full = predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])
-        full_run = load_run("Full cache", full) if full else None
-        if full_run:
+        full_run = None
+        if full:  # never with --predict_only, which runs without the report's metrics packages
+            from vatp.analysis.report import load_run, load_samples
+
+            full_run = load_run("Full cache", full)
             found.add_run((n, 1.0, "full"), full_run, load_samples(full), full)
         for b in args.budgets:
             budget_point(args, data, out, n, b, full_run, found)

@@ -1,6 +1,7 @@
 """Shared fixtures: the reference-parity model, the embedded SmolLM2, tiny random Llamas."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -51,6 +52,40 @@ def greedy(model, ids, steps=12):
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, min_new_tokens=steps,
                              do_sample=False, output_logits=True, return_dict_in_generate=True)
     return out.sequences[0, ids.shape[1]:].tolist(), torch.stack(out.logits)[:, 0]
+
+
+# On a GPU, a float16 selection whose budget boundary lies within this many float16 spacings (eps * |score|)
+# can go either way: cuBLAS sums a product in another order than the CPU the reference ran on, and than the
+# other backend's differently shaped matmuls, and each score is a sum of hundreds of rounded probabilities.
+NEAR_TIE_SPACINGS = 8
+
+
+@contextlib.contextmanager
+def recorded_decisions():
+    """Every keep decision vatp takes, in call order: [(scores (kv_heads, K) as decided on, budget)]."""
+    from vatp import policy
+
+    calls, original = [], policy.keep_mask
+
+    def recording(scores, budget):
+        calls.append((scores.clone(), budget))
+        return original(scores, budget)
+
+    policy.keep_mask = recording
+    try:
+        yield calls
+    finally:
+        policy.keep_mask = original
+
+
+def boundary_gaps(scores: torch.Tensor, budget) -> torch.Tensor:
+    """Per KV head (kv_heads,): the last heavy score kept minus the best one pruned, in float16 spacings of the
+    former (inf where nothing is pruned). Below NEAR_TIE_SPACINGS, rounding alone can swap the two."""
+    older = scores.shape[1] - budget.recent
+    if older <= budget.heavy or budget.heavy == 0:
+        return torch.full((scores.shape[0],), float("inf"))
+    top = scores[:, :older].float().topk(budget.heavy + 1, dim=-1).values.cpu()
+    return (top[:, -2] - top[:, -1]) / (torch.finfo(torch.float16).eps * top[:, -2].abs())
 
 
 def eager_forward(model, ids):

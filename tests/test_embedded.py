@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vatp
-from conftest import VARIANT_IDS, VARIANTS, greedy
+from conftest import NEAR_TIE_SPACINGS, VARIANT_IDS, VARIANTS, boundary_gaps, greedy, recorded_decisions
 
 STEPS = 12
 
@@ -61,7 +61,10 @@ def _kept_positions(session, layers, backend):
 def test_evict_equals_mask_in_float16(half_model, prompt, variant):
     """The paper's arithmetic (float16 scores) on a real GQA model, each backend with its default scoring.
 
-    Same tokens. The kept sets after the prompt are identical; after decode
+    Same tokens. The kept sets after the prompt are identical on the CPU; on a
+    GPU, cuBLAS picks its summation order by matrix shape, so eager's and
+    chunked scoring's float16 scores can round apart and may differ only in
+    KV heads whose budget boundary is a near-tie (:func:`boundary_gaps`). After decode
     steps evict's softmax sums only the kept tokens, in cache order, so a
     float16 score can round one ulp apart and swap a near-tie at the budget
     boundary: 3 in 10,000 kept tokens at most over these 12 steps (5 allowed).
@@ -70,7 +73,8 @@ def test_evict_equals_mask_in_float16(half_model, prompt, variant):
     runs = {}
     for backend in ("mask", "evict"):
         kept = []
-        with vatp.enabled(half_model, backend=backend, heavy_ratio=0.25, sink_len=4, **variant) as session:
+        with recorded_decisions() as decisions, \
+                vatp.enabled(half_model, backend=backend, heavy_ratio=0.25, sink_len=4, **variant) as session:
             hook = half_model.lm_head.register_forward_hook(
                 lambda *_: kept.append(_kept_positions(session, layers, backend)))
             try:
@@ -78,10 +82,18 @@ def test_evict_equals_mask_in_float16(half_model, prompt, variant):
             finally:
                 hook.remove()
             assert session.layers[0].scores.dtype == torch.float16
-        runs[backend] = tokens, logits, kept
-    (mask_tokens, mask_logits, mask_kept), (evict_tokens, evict_logits, evict_kept) = runs["mask"], runs["evict"]
+        runs[backend] = tokens, logits, kept, decisions[:layers]  # the prompt's decisions, one per layer
+    (mask_tokens, mask_logits, mask_kept, prompt_decisions), (evict_tokens, evict_logits, evict_kept, _) = (
+        runs["mask"], runs["evict"])
     assert evict_tokens == mask_tokens
-    assert torch.equal(evict_kept[0], mask_kept[0])  # the prompt's decision
+    differ = (evict_kept[0] != mask_kept[0]).any(dim=-1).cpu()  # (layers, kv_heads): the prompt's decision
+    if half_model.device.type == "cpu":
+        assert not differ.any()
+    else:
+        gaps = torch.stack([boundary_gaps(*decision) for decision in prompt_decisions])[differ]
+        print(f"float16 {variant} on {half_model.device}: the prompt's decision differs in {int(differ.sum())} of "
+              f"{differ.numel()} KV heads, boundary gaps {[round(g, 2) for g in gaps.tolist()]} float16 spacings")
+        assert (gaps <= NEAR_TIE_SPACINGS).all()
     for m, e in zip(mask_kept, evict_kept):
         shared = sum(len(set(a.tolist()) & set(b.tolist()))
                      for a, b in zip(m.flatten(0, 1), e.flatten(0, 1)))

@@ -84,6 +84,9 @@ def test_fused_on_cpu_without_the_interpreter_is_refused_clearly():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("window", [None, 400])
 def test_kernel_matches_chunked_scoring_on_gpu(dtype, window):
+    """float32: equal to rounding. float16: the two round differently (the kernel keeps its probability tile in
+    float32; chunked rounds it to float16 as eager attention does), so each is held to float32 arithmetic on
+    the same inputs, and the kernel may not be more than twice as far from it as chunked scoring is."""
     from vatp import scoring
     from vatp.fused import fused_prefill
 
@@ -91,9 +94,17 @@ def test_kernel_matches_chunked_scoring_on_gpu(dtype, window):
     q, k, v = (torch.randn(1, h, 3000, 128, generator=g, device="cuda", dtype=dtype) for h in (32, 8, 8))
     out, sums = fused_prefill(q, k, v, None, 128 ** -0.5, window)
     ref_out, ref_sums = scoring.chunked_prefill(q, k, v, None, 128 ** -0.5, window)
-    tol = 1e-3 if dtype == torch.float16 else 1e-5
-    torch.testing.assert_close(out, ref_out, rtol=tol, atol=tol)
-    torch.testing.assert_close(sums.float(), ref_sums.float(), rtol=tol, atol=tol)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
+        return
+    exact_out, exact_sums = scoring.chunked_prefill(q.float(), k.float(), v.float(), None, 128 ** -0.5, window)
+    for name, fused, chunked, exact in (("output", out, ref_out, exact_out), ("sums", sums, ref_sums, exact_sums)):
+        fused_error = (fused.float() - exact).abs().max().item()
+        chunked_error = (chunked.float() - exact).abs().max().item()
+        print(f"float16 {name}, window {window}: max error vs float32, fused {fused_error:.2e}, "
+              f"chunked {chunked_error:.2e}")
+        assert fused_error <= 2 * chunked_error
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

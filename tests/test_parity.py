@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import vatp
-from conftest import REFPARITY, REFPARITY_FP16, SHARED, greedy
+from conftest import (NEAR_TIE_SPACINGS, REFPARITY, REFPARITY_FP16, SHARED, boundary_gaps, greedy,
+                      recorded_decisions)
 
 # dtype -> (fixture folder, logit tolerance of mask / of evict, score rtol). float32: its rounding.
 # float16: mask is the paper's arithmetic (bitwise here); evict's decode softmax sums only the kept
@@ -150,20 +151,44 @@ def test_full_cache_with_sdpa(models, arrays, item):
 @pytest.mark.parametrize("backend", ["mask", "evict"])
 @pytest.mark.parametrize("item", [item for item in PRUNED if item[0] == "float16"], ids=_id)
 def test_float16_parity_on_cuda(models, arrays, item, backend):
-    """The float16 set on a GPU: the paper's tokens and kept sets; logits to CUDA's float16 rounding."""
+    """The float16 set on a GPU, step by step: the paper's tokens, kept sets and logits (to 0.1) up to the
+    first difference, if any. The reference ran on a CPU, whose matmuls sum in another order than cuBLAS,
+    so a choice that float16 rounding decides may go the other way; the first difference must be one:
+    a token whose reference logit lead over ours is at most twice the step's logit difference, or kept
+    sets that differ only in KV heads whose budget boundary is a near-tie (:func:`boundary_gaps`).
+    After it the two runs hold different caches, and nothing more is compared."""
     import copy
 
     name, case = item
-    tokens, logits, steps = _run(copy.deepcopy(models[name]).cuda(), case, backend)
-    _check_tokens_and_logits(name, case, arrays[name], tokens, logits, backend, tolerance=0.1)
-    ref_masks = arrays[name][case["masks_key"]]  # (12, layers, heads, L + 12)
-    for s, layers in enumerate(steps):
-        for l, (kept, *_rest, seen, _) in enumerate(layers):
+    with recorded_decisions() as decisions:
+        tokens, logits, steps = _run(copy.deepcopy(models[name]).cuda(), case, backend)
+    layers = len(steps[0])
+    assert len(decisions) == len(steps) * layers  # one decision per layer and forward
+    ref_logits, ref_masks = torch.from_numpy(arrays[name][case["logits_key"]]), arrays[name][case["masks_key"]]
+    logits = logits.float().cpu()
+    for s, (ours, theirs) in enumerate(zip(tokens, case["generated_ids"])):
+        delta = (logits[s] - ref_logits[s]).abs().max().item()
+        if ours != theirs:
+            lead = (ref_logits[s, theirs] - ref_logits[s, ours]).item()
+            print(f"{case['case_id']} {backend}: step {s} token {ours} for {theirs}, reference lead {lead:.3g}, "
+                  f"logit difference {delta:.3g}")  # shown with pytest -s
+            assert lead <= 2 * delta
+            return
+        assert delta < 0.1
+        for l, (kept, *_rest, seen, _) in enumerate(steps[s]):
+            kept = kept.cpu().numpy()
             if backend == "mask":
-                np.testing.assert_array_equal(kept.cpu().numpy().astype(np.int8), ref_masks[s, l, :, :kept.shape[1]])
+                differ = (kept.astype(np.int8) != ref_masks[s, l, :, :kept.shape[1]]).any(axis=1)
             else:
-                expected = torch.from_numpy(ref_masks[s, l, :, :seen]).nonzero()[:, 1].view(kept.shape[0], -1)
-                assert torch.equal(kept.cpu(), expected)
+                differ = np.array([not np.array_equal(row, np.flatnonzero(ref))
+                                   for row, ref in zip(kept, ref_masks[s, l, :, :seen])])
+            if differ.any():
+                gaps = boundary_gaps(*decisions[s * layers + l])[torch.from_numpy(differ)]
+                print(f"{case['case_id']} {backend}: step {s} layer {l}, {differ.sum()} heads differ, boundary "
+                      f"gaps {gaps.tolist()} float16 spacings")
+                assert (gaps <= NEAR_TIE_SPACINGS).all()
+                return
+    print(f"{case['case_id']} {backend}: equal at every step")
 
 
 @pytest.mark.parametrize("item", PRUNED, ids=_id)
