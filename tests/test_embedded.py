@@ -67,7 +67,9 @@ def test_evict_equals_mask_in_float16(half_model, prompt, variant):
     KV heads whose budget boundary is a near-tie (:func:`boundary_gaps`). After decode
     steps evict's softmax sums only the kept tokens, in cache order, so a
     float16 score can round one ulp apart and swap a near-tie at the budget
-    boundary: 3 in 10,000 kept tokens at most over these 12 steps (5 allowed).
+    boundary: 3 in 10,000 kept tokens at most over these 12 steps on the CPU
+    (5 allowed), 11 in 10,000 on an H200, where the prompt's swaps carry on
+    (20 allowed).
     """
     layers = half_model.config.num_hidden_layers
     runs = {}
@@ -97,7 +99,7 @@ def test_evict_equals_mask_in_float16(half_model, prompt, variant):
     for m, e in zip(mask_kept, evict_kept):
         shared = sum(len(set(a.tolist()) & set(b.tolist()))
                      for a, b in zip(m.flatten(0, 1), e.flatten(0, 1)))
-        assert shared / m.numel() >= 0.9995
+        assert shared / m.numel() >= (0.9995 if half_model.device.type == "cpu" else 0.998)
     print(f"float16 {variant}: max |logit diff| evict vs mask {(evict_logits - mask_logits).abs().max():.3f}")
 
 

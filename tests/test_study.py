@@ -2,6 +2,7 @@
 kept-set diagnostic."""
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -145,6 +146,43 @@ def _kept_sets():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_jobs_generate_every_unfinished_point_in_parallel(tmp_path, monkeypatch):
+    """--jobs: each point's pred.py is launched once, at most ``jobs`` at a time, a finished point is skipped,
+    and a failed one is reported while the others go on."""
+    import threading
+    import time
+
+    study, model = _study(), "tiny-model"
+    args = study.argparse.Namespace(tokens=[300], samples=1, budgets=[0.2, 0.5], sink_len=20, model=model,
+                                    backend="evict", batch_size=1, device=None, dtype=None, jobs=3)
+    data = tmp_path / "data_300"
+    monkeypatch.setattr(study, "run", lambda cmd: [data.mkdir(exist_ok=True)] + [
+        (data / f"{t}.jsonl").write_text("{}\n") for t in study.TASKS])
+    done = tmp_path / "t300" / "full" / model
+    done.mkdir(parents=True)
+    for task in study.TASKS:
+        (done / f"{task}.jsonl").write_text("{}\n")
+    running, peak, launched = [0], [0], []
+    lock = threading.Lock()
+
+    def fake_run(cmd, cwd, stdout, stderr):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            launched.append(cmd[cmd.index("--save") + 1])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return study.subprocess.CompletedProcess(cmd, 1 if "streaming_b0.2" in cmd[cmd.index("--save") + 1] else 0)
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    study.generate_in_parallel(args, tmp_path)
+    expected = {str(tmp_path / "t300" / f"{name}_b{b}") for b in (0.2, 0.5) for name in study.METHODS}
+    assert sorted(launched) == sorted(expected)  # 14 points, the finished full cache not among them
+    assert peak[0] == 3
+    assert all((Path(save) / "pred.log").is_file() for save in expected)
 
 
 def test_kept_set_comparison_counts_overlap_and_ends():
