@@ -34,6 +34,8 @@ prepare() {  # here: the carries
     split -n 2 -d "$gguf" .device/part
     mv .device/part00 .device/a/model.part1 && mv .device/part01 .device/b/model.part2
     sha256sum < "$gguf" | cut -d' ' -f1 > .device/b/model.sha256
+    # The study's predictions so far (committed), for the study stage to resume from.
+    [ ! -d docs/results/gpu_study ] || tar czf .device/s/gpu_study.tgz -C docs/results gpu_study
     du -sh .device/a .device/b
 }
 
