@@ -449,9 +449,9 @@ def test_pred_ctrl_c_is_one_line_and_a_rerun_resumes(data, reference, tmp_path, 
     assert_like_reference(tmp_path / MODEL, reference)
 
 
-def start_pred(data, save, *extra):
+def start_pred(data, save, *extra, preexec_fn=None):
     return subprocess.Popen([sys.executable, "pred.py", *argv(data, save, *extra)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
 
 
 def wait_for_lock(proc, lock_file: Path) -> None:
@@ -468,9 +468,15 @@ def wait_for_lock(proc, lock_file: Path) -> None:
         time.sleep(0.05)
 
 
+def _default_sigint():
+    """In the child: a shell without job control starts background commands with SIGINT ignored, and Python
+    keeps ignoring it; restore the terminal's default, so the test holds however the suite was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_real_ctrl_c_prints_one_line_and_exits_130(data, tmp_path):
-    proc = start_pred(data, tmp_path, "--limit", "1")
+    proc = start_pred(data, tmp_path, "--limit", "1", preexec_fn=_default_sigint)
     lock_file = run_lock_path(tmp_path / MODEL, "samsum")
     try:
         wait_for_lock(proc, lock_file)  # rank 0 holds the run
