@@ -8,8 +8,8 @@ Peak memory is each point's own: on CPU every (mode, length) point runs in
 a fresh process and counts the rise of the peak RSS over the loaded model;
 on CUDA each mode runs in a fresh process, builds the model once and counts
 max_memory_allocated above the weights, reset before each length (a length
-out of GPU memory is recorded as failed, and the longer ones still run). Writes ``OUT.json``, ``OUT.md``
-and ``OUT.png``. Modes: ``full`` (the model's SDPA, no pruning), ``mask`` (the
+out of GPU memory is recorded as failed, and the longer ones still run).
+Writes ``OUT.json``, ``OUT.md`` and ``OUT.png``. Modes: ``full`` (the model's SDPA, no pruning), ``mask`` (the
 paper's way: eager L x L scoring, pruned tokens masked) and ``evict`` (scoring
 without the L x L matrix, ``--scoring chunked`` or ``fused``; pruned tokens
 removed from the cache).
@@ -187,9 +187,9 @@ def main(argv=None) -> int:
         for point in measure(args, args.point[0], [int(n) for n in args.point[1:]]):
             print(json.dumps(point), flush=True)
         return 0
-    # A child process per point on CPU, where peak RSS never falls back; per mode on CUDA, whose peak
-    # counter is reset for each point, so that the 7B-shaped model is built once per mode.
-    groups = [[n] for n in args.lengths] if args.device == "cpu" else [args.lengths]
+    # A child process per mode on CUDA, whose peak counter is reset for each point, so that the 7B-shaped
+    # model is built once per mode; elsewhere one per point, as memory_now's peak RSS never falls back.
+    groups = [args.lengths] if args.device.startswith("cuda") else [[n] for n in args.lengths]
     points = []
     for lengths in groups:
         for mode in args.modes:

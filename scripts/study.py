@@ -74,11 +74,25 @@ def pred_command(args, data: Path, save: Path, flags: list[str]) -> list[str]:
             "--batch_size", str(args.batch_size), *(["--dtype", args.dtype] if args.dtype else []), *flags]
 
 
+def point_folder(out: Path, n: int, budget: float, name: str) -> Path:
+    """Where the grid point of method ``name`` (or "full") at ~n tokens and ``budget`` saves its predictions."""
+    return out / f"t{n}" / ("full" if name == "full" else f"{name}_b{budget}")
+
+
 def point_flags(name: str, budget: float, sink_len: int) -> list[str]:
-    """pred.py's flags for method ``name`` at ``budget`` (heavy_ratio = budget / 2; sinks where the method has them)."""
+    """pred.py's flags for method ``name`` at ``budget`` (heavy_ratio = budget / 2; sinks where the method has them);
+    ``"full"``: the full cache."""
+    if name == "full":
+        return ["--heavy_ratio", "1.0"]
     flags = METHODS[name][1]
     sink = ["--sink_len", str(sink_len)] if "--apval" in flags or name == "streaming" else []
     return ["--heavy_ratio", str(budget / 2), *flags, *sink]
+
+
+def build_suite(args, data: Path, n: int) -> None:
+    """The offline suite at ~n tokens, into ``data``."""
+    run([sys.executable, "-m", "vatp.longbench.suite", "--out", str(data), "--samples", str(args.samples),
+         "--tokens", str(n), "--tasks", *TASKS])
 
 
 def generate_in_parallel(args, out: Path) -> None:
@@ -91,12 +105,10 @@ def generate_in_parallel(args, out: Path) -> None:
     commands = []
     for n in args.tokens:
         data = out / f"data_{n}"
-        run([sys.executable, "-m", "vatp.longbench.suite", "--out", str(data), "--samples", str(args.samples),
-             "--tokens", str(n), "--tasks", *TASKS])
-        grid = [(out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])]
-        grid += [(out / f"t{n}" / f"{name}_b{b}", point_flags(name, b, args.sink_len))
-                 for b in args.budgets for name in METHODS]
-        commands += [(save, pred_command(args, data, save, flags)) for save, flags in grid
+        build_suite(args, data, n)
+        grid = [("full", 1.0)] + [(name, b) for b in args.budgets for name in METHODS]
+        saves = [(point_folder(out, n, b, name), point_flags(name, b, args.sink_len)) for name, b in grid]
+        commands += [(save, pred_command(args, data, save, flags)) for save, flags in saves
                      if not complete(data, save / args.model)]
 
     def launch(job: tuple[Path, list[str]]) -> tuple[Path, int]:
@@ -239,13 +251,13 @@ def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found:
     """Run (or reuse) every method at ~n tokens and budget b; add its scores, comparisons and section."""
     if args.predict_only:  # generate only: the report needs the metrics' packages (rouge, jieba)
         for name in METHODS:
-            predict(args, data, out / f"t{n}" / f"{name}_b{b}", point_flags(name, b, args.sink_len))
+            predict(args, data, point_folder(out, n, b, name), point_flags(name, b, args.sink_len))
         return
     from vatp.analysis.report import load_run, load_samples, markdown_table, paired_table, write_report
 
     runs, samples = [full_run] if full_run else [], {}
     for name, (label, _) in METHODS.items():
-        folder = predict(args, data, out / f"t{n}" / f"{name}_b{b}", point_flags(name, b, args.sink_len))
+        folder = predict(args, data, point_folder(out, n, b, name), point_flags(name, b, args.sink_len))
         if folder is None:
             found.missing.append(f"{label} at ~{n} tokens, {round(100 * b)}% budget")
             continue
@@ -322,9 +334,8 @@ def main(argv=None) -> int:
     for n in args.tokens:
         data = out / f"data_{n}"
         if not args.report_only:
-            run([sys.executable, "-m", "vatp.longbench.suite", "--out", str(data), "--samples", str(args.samples),
-                 "--tokens", str(n), "--tasks", *TASKS])
-        full = predict(args, data, out / f"t{n}" / "full", ["--heavy_ratio", "1.0"])
+            build_suite(args, data, n)
+        full = predict(args, data, point_folder(out, n, 1.0, "full"), point_flags("full", 1.0, args.sink_len))
         full_run = None
         if full:  # never with --predict_only, which runs without the report's metrics packages
             from vatp.analysis.report import load_run, load_samples
