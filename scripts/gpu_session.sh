@@ -2,11 +2,11 @@
 # The GPU issue's work on a lent device machine, in two calls of at most 10 minutes (docs/gpu.md).
 #
 # Here, once:   bash scripts/gpu_session.sh prepare
-#   .device/a: the gguf wheel and the first half of the embedded model's GGUF; .device/b: the second half.
-#   (The GGUF is 98 MB; one call carries 64 MiB.)
+#   .device/a: the gguf wheel and the first half of the embedded model's GGUF; .device/b: the second half;
+#   .device/s: the committed study (docs/results/gpu_study), to resume from. (The GGUF is 98 MB; one call carries 64 MiB.)
 # There, as device calls, each named with its carry, the second right after the first (a machine stays warm 30 s):
 #   bash scripts/gpu_session.sh tests    carry .device/a   the gguf wheel, half 1 kept; GPU tests, 7B-shape benchmark
-#   bash scripts/gpu_session.sh model    carry .device/b   the embedded model: its CUDA tests, then the GPU study
+#   bash scripts/gpu_session.sh model    carry .device/b .device/s   the embedded model: its CUDA tests, then the study
 #   bash scripts/gpu_session.sh study    carry .device/s   the study resumed (same machine, or gpu_study.tgz in .device/s)
 # Every stage leaves its logs and results in $OUT. The study's predictions come back as
 # $OUT/gpu_study.tgz: copy it to .device/s/ to resume on a fresh machine, and score it here with
