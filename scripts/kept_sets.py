@@ -31,7 +31,7 @@ def kept_after_prompt(model, ids: torch.Tensor, heavy_ratio: float, **settings) 
     """(layers, kv_heads, L) bool: which prompt tokens each layer keeps for the first generated token."""
     with vatp.enabled(model, heavy_ratio=heavy_ratio, **settings) as session, torch.no_grad():
         model(ids)
-        return torch.stack([session.layers[i].keep[:, :ids.shape[1]] for i in sorted(session.layers)])
+        return torch.stack([session.layers[i].token_mask()[:, :ids.shape[1]] for i in sorted(session.layers)])
 
 
 def compare(base: torch.Tensor, other: torch.Tensor, first: int, last: int) -> dict:

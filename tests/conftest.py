@@ -65,20 +65,26 @@ NEAR_TIE_SPACINGS = 16
 
 @contextlib.contextmanager
 def recorded_decisions():
-    """Every keep decision vatp takes, in call order: [(scores (kv_heads, K) as decided on, budget)]."""
+    """Every keep decision vatp takes, in call order, for the batch's first row: [(scores (kv_heads, K) in token
+    order as decided on, -inf where not attended, budget)]."""
     from vatp import policy
 
-    calls, original = [], policy.keep_mask
+    calls, original = [], policy.keep_slots
 
-    def recording(scores, budget):
-        calls.append((scores.clone(), budget))
-        return original(scores, budget)
+    def recording(scores, positions, attended, cached, limits):
+        k = int(cached[0])
+        held = attended[0] & (positions[0] >= 0)
+        ordered = scores.new_full((scores.shape[1], k + 1), float("-inf"))
+        ordered.scatter_(1, torch.where(held, positions[0].expand_as(held), k), scores[0].masked_fill(~held, float("-inf")))
+        budget = policy.Budget(int(limits.heavy[0].max()), int(limits.recent[0]))
+        calls.append((ordered[:, :k].clone(), budget))
+        return original(scores, positions, attended, cached, limits)
 
-    policy.keep_mask = recording
+    policy.keep_slots = recording
     try:
         yield calls
     finally:
-        policy.keep_mask = original
+        policy.keep_slots = original
 
 
 def boundary_gaps(scores: torch.Tensor, budget) -> torch.Tensor:

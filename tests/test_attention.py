@@ -108,10 +108,10 @@ def test_gqa_decision_reduces_to_mha(variant):
     settings = dict(heavy_ratio=0.1, sink_len=2, **variant)
     with vatp.enabled(gqa, **settings):
         gqa_out = greedy(gqa, ids)
-        gqa_keep = vatp.session_of(gqa).layers[1].keep
+        gqa_keep = vatp.session_of(gqa).layers[1].token_mask()
     with vatp.enabled(mha, **settings):
         mha_out = greedy(mha, ids)
-        mha_keep = vatp.session_of(mha).layers[1].keep
+        mha_keep = vatp.session_of(mha).layers[1].token_mask()
     assert gqa_out[0] == mha_out[0]
     torch.testing.assert_close(gqa_out[1], mha_out[1], rtol=1e-4, atol=1e-4)
     assert torch.equal(gqa_keep.repeat_interleave(3, 0), mha_keep)
@@ -130,14 +130,12 @@ def test_streaming_keeps_exactly_the_sinks_and_the_newest_tokens(backend):
             torch.no_grad():
         model(ids)
         state = session.layers[1]
-        cached = session.cache.layers[1].get_seq_length() if backend == "evict" else None
-    budget = state.budget
+        cached = session.cache.layers[1].get_seq_length()
+    budget = state.budgets[0]
     assert (budget.heavy, budget.recent) == (4, 46)
-    if backend == "mask":
-        expected = [*range(4), *range(100 - 46, 101)]  # sinks, recent, incoming slot
-        assert all(row.nonzero().flatten().tolist() == expected for row in state.keep)
-    else:
-        assert cached == 50
+    expected = [*range(4), *range(100 - 46, 101)]  # sinks, recent, incoming slot
+    assert all(row.nonzero().flatten().tolist() == expected for row in state.token_mask())
+    assert cached == (50 if backend == "evict" else 100)  # evict: the budget (the next token's slot aside)
 
 
 def test_evict_reuses_freed_slots_and_keeps_the_right_tokens():
@@ -158,11 +156,13 @@ def test_evict_reuses_freed_slots_and_keeps_the_right_tokens():
             tokens.append(out.logits[0, -1].argmax())
             buffers.append((cache.layers[0].keys.data_ptr(), cache.layers[0].keys.shape[-2]))
         layer, state = cache.layers[0], session.layers[0]
-    budget = state.budget
-    assert len(set(buffers[1:])) == 1  # one buffer, written in place, from the second step on
+    budget = state.budgets[0]
+    assert len(set(buffers)) == 1  # one buffer, written in place, from the first step on
     assert buffers[-1][1] == budget.total + 1  # the budget plus the slot the next token overwrites
     assert layer.get_seq_length() == budget.total
-    assert sorted(state.slots[0].tolist()) != state.slots[0].tolist()  # slots were reused out of order
+    slots = [state.attended[0, head].nonzero().flatten() for head in range(2)]  # each head's kept slots
+    held = [state.positions[0, head, slots[head]] for head in range(2)]  # their tokens' positions, by slot
+    assert held[0].tolist() != sorted(held[0].tolist())  # slots were reused out of order
 
     full = torch.cat([prompt, torch.stack(tokens[:-1]).view(1, -1)], dim=1)  # what the cache has seen
     with torch.no_grad():
@@ -170,7 +170,9 @@ def test_evict_reuses_freed_slots_and_keeps_the_right_tokens():
     seen = full.shape[1]
     positions = [*range(budget.heavy), *range(seen - budget.recent, seen)]
     for head in range(2):
-        torch.testing.assert_close(layer.keys[0, head, state.slots[head]], reference[0, head, positions])
+        assert sorted(held[head].tolist()) == positions
+        in_order = slots[head][held[head].argsort()]
+        torch.testing.assert_close(layer.keys[0, head, in_order], reference[0, head, positions])
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)

@@ -37,12 +37,9 @@ def _generate(model, ids, mask):
     return out[:, ids.shape[1]:].tolist()
 
 
-def _kept(session, row, backend):
+def _kept(session, row):
     """Per layer, the positions (of the row's own tokens) each KV head keeps."""
-    if backend == "mask":
-        return {i: [s.keep[h, :-1].nonzero().flatten().tolist() for h in range(s.keep.shape[0])]
-                for i, s in session.rows[row].items()}
-    return {i: [sorted(p.tolist()) for p in s.positions] for i, s in session.rows[row].items()}
+    return {i: state.kept_positions(row) for i, state in session.layers.items()}
 
 
 @pytest.mark.parametrize("backend", ["mask", "evict"])
@@ -56,9 +53,9 @@ def test_a_batch_equals_each_row_alone(variant, backend):
     with vatp.enabled(model, **settings) as session:
         for prompt in prompts:
             alone.append(_generate(model, prompt[None], torch.ones(1, len(prompt), dtype=torch.long))[0])
-            kept_alone.append(_kept(session, 0, backend))
+            kept_alone.append(_kept(session, 0))
         batched = _generate(model, *_left_padded(prompts))
-        kept_batched = [_kept(session, row, backend) for row in range(len(prompts))]
+        kept_batched = [_kept(session, row) for row in range(len(prompts))]
     assert batched == alone
     assert kept_batched == kept_alone
 
@@ -69,17 +66,15 @@ def test_padding_is_never_attended_nor_kept(backend):
     ids, mask = _left_padded(_prompts([80, 30]))
     with vatp.enabled(model, heavy_ratio=0.25, h2o=True, apval=True, sink_len=2, backend=backend) as session:
         _generate(model, ids, mask)
-        states = [row[0] for row in session.rows]
+        state = session.layers[0]
         assert session.pads == [0, 50]
-        assert [s.budget.total for s in states] == [40, 14]  # each row's own length
-        if backend == "mask":
-            keep = session.backend.step_mask(states, session.pads)  # what the next step attends
-            assert not keep[1, :, :50].any() and (keep[1].sum(dim=1) == 14 + 1).all()  # budget + incoming slot
-        else:
+        assert [b.total for b in state.budgets] == [40, 14]  # each row's own length
+        assert [len(heads[0]) for heads in map(state.kept_positions, (0, 1))] == [40, 14]
+        if backend == "mask":  # the cache holds every column; row 1's padding is never attended
+            assert not state.attended[1, :, :50].any() and (state.attended[1].sum(dim=1) == 14).all()
+        else:  # one slot per token of the larger budget, plus the one the next token takes
             cache = session.cache.layers[0]
-            # Row 1 holds its 14-token budget plus the slot its next token takes; the rest of its slots are unused.
-            assert [s.used for s in states] == [41, 15] and cache.keys.shape[-2] == 41
-            held = session.backend.step_mask(states, session.pads)
-            assert held[1, :, :15].all() and not held[1, :, 15:].any()
-            assert all(int(p.min()) >= 0 for p in states[1].positions)  # own tokens only (no padding index)
-
+            assert cache.keys.shape[-2] == 41 and state.attended.shape[-1] == 41
+            assert (state.attended[1].sum(dim=1) == 14).all() and not state.attended[1, :, 15:].any()
+        held = state.positions[1].expand_as(state.attended[1])[state.attended[1]]
+        assert int(held.min()) >= 0  # own tokens only (no padding)

@@ -5,7 +5,8 @@ import re
 import pytest
 
 from vatp import VatpConfig
-from vatp.methods import METHODS, BudgetError
+from vatp.methods import BudgetError, get_method
+from vatp.names import METHODS
 
 HINT = re.compile(r"use heavy_ratio >= (\S+) for this prompt length")
 NO_RATIO = "no heavy_ratio <= 1"
@@ -17,7 +18,7 @@ SETTINGS = sorted({(name, sink_len, VatpConfig(method=name, sink_len=sink_len, a
 def refusal(name: str, prompt_len: int, ratio: float, sink_len: int, sinks: bool) -> str | None:
     """checked_budget's error message, or None if it accepts the ratio."""
     try:
-        METHODS[name].checked_budget(prompt_len, ratio, sink_len, sinks)
+        get_method(name).checked_budget(prompt_len, ratio, sink_len, sinks)
     except BudgetError as err:
         return str(err)
     return None
@@ -29,7 +30,7 @@ def test_min_ratio_is_the_smallest_ratio_that_works_for_every_prompt_length(name
     # lengths, where the thresholds meet, and a sample of the rest for the other settings (a few seconds in all).
     lengths = range(1, 32769) if (sink_len, sinks) == (20, True) else [*range(1, 2049), *range(2049, 32769, 97)]
     for prompt_len in lengths:
-        ratio = METHODS[name].min_ratio(prompt_len, sink_len, sinks)
+        ratio = get_method(name).min_ratio(prompt_len, sink_len, sinks)
         if ratio is None:  # nothing up to 1 works: the message says so and names no ratio
             message = refusal(name, prompt_len, 1.0, sink_len, sinks)
             assert NO_RATIO in message and not HINT.search(message), message
@@ -48,7 +49,7 @@ def test_min_ratio_is_the_smallest_ratio_that_works_for_every_prompt_length(name
 def test_every_ratio_above_the_hint_works(name, sink_len, sinks):
     # Brute force over every budget of short prompts: int(r * L) takes every value n at r = (n + 0.5) / L.
     for prompt_len in range(1, 64):
-        smallest = METHODS[name].min_ratio(prompt_len, sink_len, sinks)
+        smallest = get_method(name).min_ratio(prompt_len, sink_len, sinks)
         for n in range(prompt_len + 1):
             ratio = min(1.0, (n + 0.5) / prompt_len)
             message = refusal(name, prompt_len, ratio, sink_len, sinks)
@@ -62,7 +63,7 @@ def test_every_ratio_above_the_hint_works(name, sink_len, sinks):
 @pytest.mark.parametrize("prompt_len,ratio", [(48, 0.1), (11, 0.3), (3999, 0.001), (7, 0.5)])
 def test_scissorhands_hint_round_trips_and_its_rounded_form_works(prompt_len, ratio):
     message = refusal("scissorhands", prompt_len, ratio, 0, False)
-    exact = METHODS["scissorhands"].min_ratio(prompt_len)
+    exact = get_method("scissorhands").min_ratio(prompt_len)
     text = HINT.search(message)[1]
     assert text == repr(exact) and float(text) == exact
     for shown in re.findall(r"heavy_ratio >= ([0-9.e-]+)", message):  # the exact figure, then 4 digits rounded up
@@ -70,7 +71,7 @@ def test_scissorhands_hint_round_trips_and_its_rounded_form_works(prompt_len, ra
 
 
 def test_lengths_from_11_to_3999_that_the_4_digit_hint_got_wrong_now_work():
-    method = METHODS["scissorhands"]
+    method = get_method("scissorhands")
     for prompt_len in range(11, 4000):  # 2 * int(r * L) - 10 < 0 for r below about 5 / L
         message = refusal("scissorhands", prompt_len, 1e-9, 0, False)
         assert "gives a negative heavy budget" in message
@@ -91,7 +92,7 @@ def test_sink_errors_name_the_smallest_ratio():
     heavy = refusal("h2o", 48, 0.1, 5, True)  # heavy int(4.8) = 4 < 5 sinks
     assert "sink_len 5 exceeds the heavy budget (4)" in heavy
     assert "lower sink_len to <= 4 or use heavy_ratio >=" in heavy
-    assert float(HINT.search(heavy)[1]) == METHODS["h2o"].min_ratio(48, 5, True)
+    assert float(HINT.search(heavy)[1]) == get_method("h2o").min_ratio(48, 5, True)
     whole = refusal("streaming", 48, 0.02, 4, True)  # total 2 * int(0.96) = 0 < 4 sinks
     assert "exceeds the whole budget (0)" in whole and "lower sink_len or use heavy_ratio >=" in whole
     assert refusal("streaming", 48, float(HINT.search(whole)[1]), 4, True) is None

@@ -119,18 +119,20 @@ def test_a_padded_batch_with_a_prefix_mask_is_scored_as_each_row_alone_under_its
     config = VatpConfig(heavy_ratio=0.2, apval=True, sink_len=2)
     mask = _padded_prompt_mask(length, pads, prefix=12)
     batch = VatpSession(config)
-    batch.pads = pads
-    out, _ = batch.attend(0, query, key, value, mask, 0.25)
+    batch.start_sample(pads, None)
+    out = batch.attend(0, query, key, value, mask, 0.25)
     for b, pad in enumerate(pads):
         alone = VatpSession(config)
         own = (slice(b, b + 1), slice(None), slice(pad, None))
-        expected, _ = alone.attend(0, query[own], key[own], value[own], mask[b:b + 1, :, pad:, pad:], 0.25)
+        expected = alone.attend(0, query[own], key[own], value[own], mask[b:b + 1, :, pad:, pad:], 0.25)
         torch.testing.assert_close(out[b:b + 1, pad:], expected, rtol=0, atol=1e-6)
-        torch.testing.assert_close(batch.rows[b][0].scores, alone.layers[0].scores, rtol=0, atol=1e-6)
-        assert torch.equal(batch.rows[b][0].keep, alone.layers[0].keep)
+        ours, theirs = batch.layers[0], alone.layers[0]
+        torch.testing.assert_close(ours.token_values(ours.scores, b), theirs.token_values(theirs.scores), rtol=0,
+                                   atol=1e-6)
+        assert torch.equal(ours.token_mask(b), theirs.token_mask())
     causal = VatpSession(config)
-    causal.pads = pads
-    causal_out, _ = causal.attend(0, query, key, value, _padded_prompt_mask(length, pads), 0.25)
+    causal.start_sample(pads, None)
+    causal_out = causal.attend(0, query, key, value, _padded_prompt_mask(length, pads), 0.25)
     assert not torch.allclose(causal_out, out)  # the prefix mask changed the result: it was not ignored
 
 
@@ -139,7 +141,7 @@ def test_an_additive_bias_in_the_prompt_mask_is_refused_and_plain_additive_masks
     query, key = torch.randn(1, 4, 10, 16), torch.randn(1, 4, 10, 16)
     hidden = ~torch.ones(10, 10, dtype=torch.bool).tril()
     additive = torch.zeros(1, 1, 10, 10).masked_fill(hidden, torch.finfo(torch.float32).min)
-    out, _ = session.attend(0, query, key, key, additive, 0.25)
+    out = session.attend(0, query, key, key, additive, 0.25)
     assert out.shape == (1, 10, 4, 16)
     with pytest.raises(UnsupportedError, match="adds a bias"):
         VatpSession(VatpConfig()).attend(0, query, key, key, additive + 0.5 * ~hidden, 0.25)
@@ -151,7 +153,7 @@ def test_a_layer_attending_twice_is_refused_and_a_new_forward_clears_the_record(
     session.attend(0, query, query, query, None, 0.25)
     with pytest.raises(UnsupportedError, match="more than once"):
         session.attend(0, query, query, query, None, 0.25)
-    session.attended.clear()  # what the decoder's pre-hook does before each forward
+    session.start_sample([0], None)  # what the decoder's pre-hook does at each prompt
     session.attend(0, query, query, query, None, 0.25)
 
 
@@ -198,6 +200,63 @@ def test_the_command_line_checks_a_type_and_fails_on_a_bug(monkeypatch, capsys):
     monkeypatch.setattr(compat, "check_type", lambda model_type, base=None:
                         {"type": model_type, "verdict": "BUG", "checks": {}, "reason": "differs"})
     assert compat.main(["--type", "llama", "--json"]) == 1
+
+
+def _remote_code_checkpoint(folder, marker):
+    """A checkpoint whose config class ships with it (``auto_map``); running that code writes ``marker``."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "custom_cfg", "auto_map": {
+        "AutoConfig": "configuration_custom.CustomConfig"}}))
+    (folder / "configuration_custom.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom transformers import PretrainedConfig\n\n\n"
+        "class CustomConfig(PretrainedConfig):\n    model_type = 'custom_cfg'\n")
+    return folder
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_checkpoint_with_its_own_code_is_refused_without_the_flag(tmp_path, capsys):
+    """transformers asked [y/N] on the terminal (or failed with EOFError) and ran the code on "y"."""
+    marker = tmp_path / "the code ran"
+    folder = _remote_code_checkpoint(tmp_path / "remote", marker)
+    before = _files(tmp_path)
+    assert compat.main(["--model", str(folder)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"compat: error: {folder}: its config needs code from the checkpoint's own repository; pass "
+        "--trust_remote_code if you trust that repository"]
+    assert _files(tmp_path) == before and not marker.exists()
+    assert compat.main(["--model", str(folder), "--trust_remote_code"]) == 0  # the user's decision: it runs
+    assert marker.exists() and capsys.readouterr().out.startswith("custom_cfg: not checked")
+
+
+@pytest.mark.parametrize("what", ["missing", "no config"])
+def test_a_checkpoint_that_cannot_be_read_is_one_line(tmp_path, capsys, what):
+    folder = tmp_path / "model"
+    if what == "no config":
+        folder.mkdir()
+    before = _files(tmp_path)
+    assert compat.main(["--model", str(folder)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    fix = "give a checkpoint folder that holds a config.json, or a transformers model type with --type"
+    assert len(err) == 1 and err[0].startswith(f"compat: error: {folder}: ") and err[0].endswith(fix), err
+    assert ("no such folder" in err[0]) == (what == "missing")
+    assert _files(tmp_path) == before
+
+
+def test_ctrl_c_is_one_line(tmp_path, capsys, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compat, "check_type", interrupt)
+    assert compat.main(["--type", "llama"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["compat: interrupted"]
+    monkeypatch.setattr(compat, "_in_subprocess", interrupt)
+    assert compat.main(["--all", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"compat: interrupted: the results so far are kept in {tmp_path / compat.RESULTS}; rerun the same command "
+        "to resume"]
 
 
 def test_each_prompt_uses_its_own_mask_even_without_a_decode_step_between():

@@ -50,11 +50,9 @@ def half_model(embedded, request):
     return copy.deepcopy(embedded[0]).half().to(request.param)
 
 
-def _kept_positions(session, layers, backend):
+def _kept_positions(session, layers):
     """(layers, kv_heads, kept) the absolute positions each layer's cache keeps, after the last forward."""
-    states = [session.layers[i] for i in range(layers)]
-    return torch.stack([s.keep[:, :-1].nonzero()[:, 1].view(s.keep.shape[0], -1) if backend == "mask"
-                        else s.positions for s in states])
+    return torch.tensor([session.layers[i].kept_positions() for i in range(layers)])
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -78,7 +76,7 @@ def test_evict_equals_mask_in_float16(half_model, prompt, variant):
         with recorded_decisions() as decisions, \
                 vatp.enabled(half_model, backend=backend, heavy_ratio=0.25, sink_len=4, **variant) as session:
             hook = half_model.lm_head.register_forward_hook(
-                lambda *_: kept.append(_kept_positions(session, layers, backend)))
+                lambda *_: kept.append(_kept_positions(session, layers)))
             try:
                 tokens, logits = greedy(half_model, prompt.to(half_model.device), STEPS)
             finally:
@@ -125,6 +123,6 @@ def test_chunked_scoring_keeps_the_same_tokens_as_eager(embedded, prompt):
         with vatp.enabled(model, heavy_ratio=0.25, h2o=True, apval=True, sink_len=4, scoring=scoring,
                           chunk_size=100) as session, torch.no_grad():
             model(prompt)
-            kept[scoring] = torch.stack([session.layers[i].keep for i in range(model.config.num_hidden_layers)])
+            kept[scoring] = torch.stack([session.layers[i].token_mask() for i in range(model.config.num_hidden_layers)])
     agreement = (kept["eager"] == kept["chunked"]).float().mean().item()
     assert agreement > 0.999  # float rounding may swap a token at the selection boundary

@@ -1,17 +1,27 @@
-"""The policy's pure functions: budgets, keep decision and its quirks, sinks, value weighting, GQA."""
+"""The policy's pure functions: budgets, the keep decision in cache coordinates and its quirks, ties, sinks,
+value weighting, GQA grouping, config validation."""
 import pytest
 import torch
 
 from vatp import VatpConfig
 from vatp.methods import BudgetError, get_method
-from vatp.policy import (Budget, accumulate, drop_pruned, group_to_kv_heads, keep_mask, protect_sinks,
-                         value_l1_norm)
+from vatp.policy import (NO_POSITION, Budget, Limits, accumulate, drop_pruned, group_to_kv_heads, keep_slots,
+                         protect_sinks, rank_key, value_l1_norm)
+
+
+def decide(scores, budget, positions=None, attended=None):
+    """One row's decision over its tokens in order: scores (H, K) -> keep (H, K) bool."""
+    heads, k = scores.shape
+    positions = torch.arange(k)[None, None] if positions is None else positions[None]
+    attended = torch.ones(1, heads, k, dtype=torch.bool) if attended is None else attended[None]
+    cached = torch.tensor([[[k]]])
+    return keep_slots(scores[None], positions, attended, cached, Limits.of([budget], "cpu"))[0]
 
 
 @pytest.mark.parametrize("ratio,length,heavy,recent", [(0.1, 150, 15, 15), (0.25, 150, 37, 37), (0.25, 520, 130, 130),
                                                       (0.02, 48, 0, 0)])
 def test_h2o_budget(ratio, length, heavy, recent):
-    assert get_method("h2o").budget(length, ratio) == Budget(heavy, recent)
+    assert get_method("h2o").budget(length, ratio) == Budget(heavy, recent, keeps_all=recent == 0)
 
 
 @pytest.mark.parametrize("ratio,length,heavy", [(0.1, 150, 20), (0.25, 150, 64), (0.1, 520, 94), (0.25, 520, 250),
@@ -36,32 +46,82 @@ def test_sinks_that_overflow_the_heavy_budget_are_refused():
     assert h2o.checked_budget(48, 0.1, 5, False) == Budget(4, 4)  # without apval sinks do nothing
 
 
-def test_keep_mask_keeps_heavy_plus_recent_plus_the_incoming_slot():
+def test_keep_keeps_heavy_best_older_plus_recent():
     scores = torch.tensor([[5.0, 1.0, 4.0, 0.5, 3.0, 2.0, 0.1, 0.2, 0.3, 0.4]])  # K = 10
-    keep = keep_mask(scores, Budget(heavy=2, recent=3))
-    # top-2 of [0, 7) are positions 0 and 2; the 3 recent are 7..9; slot 10 is the next token;
-    # position K - recent - ... : the paper's view quirk keeps K-recent = 7 as a recent one.
-    assert keep[0].nonzero().flatten().tolist() == [0, 2, 7, 8, 9, 10]
-    assert int(keep.sum()) == 2 + 3 + 1
+    keep = decide(scores, Budget(heavy=2, recent=3))
+    # top-2 of [0, 7) are positions 0 and 2; the 3 recent are 7..9. The incoming token comes on top: the
+    # paper's code's kept set of heavy + recent + 1 (it meant recent - 1 cached; a write via a view keeps one more).
+    assert keep[0].nonzero().flatten().tolist() == [0, 2, 7, 8, 9]
 
 
-def test_keep_mask_keeps_everything_within_budget_or_without_recent():
+def test_keep_keeps_everything_within_budget_and_the_paper_keeps_everything_without_recent():
     scores = torch.rand(3, 8)
-    assert keep_mask(scores, Budget(4, 4)).all()  # K == total
-    assert keep_mask(scores, Budget(2, 0)).all()  # recent == 0: the paper's code prunes nothing
+    assert decide(scores, Budget(4, 4)).all()  # K == total
+    assert decide(scores, Budget(2, 0, keeps_all=True)).all()  # H2O, recent 0: the paper's code prunes nothing
+    assert decide(scores, Budget(2, 0)).sum(dim=1).tolist() == [2, 2, 2]  # another method: recent 0 is a budget
 
 
-def test_keep_mask_with_zero_heavy_keeps_only_recent():
-    keep = keep_mask(torch.rand(2, 10), Budget(heavy=0, recent=3))
-    assert keep.sum(dim=1).tolist() == [4, 4]
-    assert keep[:, -4:].all()
+def test_keep_with_zero_heavy_keeps_only_recent():
+    keep = decide(torch.rand(2, 10), Budget(heavy=0, recent=3))
+    assert keep.sum(dim=1).tolist() == [3, 3] and keep[:, -3:].all()
+
+
+def test_equal_scores_keep_the_older_token_wherever_its_slot_is():
+    scores = torch.tensor([[1.0, 2.0, 1.0, 1.0, 0.0, 0.0]])
+    assert decide(scores, Budget(heavy=2, recent=2))[0].tolist() == [True, True, False, False, True, True]
+    # The same tokens in other slots (as the evict backend reuses them): the same tokens are kept.
+    order = torch.tensor([3, 0, 5, 1, 2, 4])
+    keep = decide(scores[:, order], Budget(heavy=2, recent=2), positions=order[None])
+    assert sorted(order[keep[0]].tolist()) == [0, 1, 4, 5]
+
+
+def test_rank_key_orders_like_the_scores_with_ties_to_the_older_token():
+    values = torch.tensor([float("-inf"), -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, 65504.0, float("inf")])
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        scores = values.to(dtype)
+        keys = rank_key(scores[None, None], torch.zeros(1, 1, len(values), dtype=torch.long))[0, 0]
+        for i in range(len(values)):
+            for j in range(len(values)):
+                assert (keys[i] > keys[j]) == bool(scores[i] > scores[j]), (dtype, i, j)
+    tied = rank_key(torch.ones(1, 1, 3), torch.tensor([[[7, 2, 5]]]))[0, 0]
+    assert tied.argsort(descending=True).tolist() == [1, 2, 0]  # the oldest first
+
+
+def test_a_pruned_token_never_returns_even_with_negative_scores():
+    scores = -torch.arange(1.0, 11.0)[None]  # every live score below 0, as KNorm's
+    keep = decide(scores, Budget(heavy=2, recent=2))
+    scores = drop_pruned(scores, keep)
+    assert scores[0, 2:8].eq(float("-inf")).all()
+    # The next step: a new token, every score unchanged. Only kept tokens compete, however low they score.
+    nxt = decide(torch.cat([scores, torch.zeros(1, 1)], dim=1), Budget(heavy=2, recent=2),
+                 attended=torch.cat([keep, torch.ones(1, 1, dtype=torch.bool)], dim=1))
+    assert nxt[0].nonzero().flatten().tolist() == [0, 1, 9, 10]
+
+
+def test_a_batch_decides_each_row_as_alone():
+    torch.manual_seed(0)
+    budgets = [Budget(5, 3), Budget(12, 4), Budget(2, 2, keeps_all=True), Budget(9, 0)]
+    lengths = [30, 24, 16, 40]
+    width = max(lengths)
+    scores = torch.full((4, 2, width), float("-inf"))
+    positions = torch.full((4, 1, width), NO_POSITION)
+    alone = []
+    for row, (budget, n) in enumerate(zip(budgets, lengths)):
+        own = torch.randint(0, 4, (2, n)).float()  # many ties
+        scores[row, :, width - n:], positions[row, 0, width - n:] = own, torch.arange(n)
+        alone.append(decide(own, budget))
+    attended = (positions >= 0).expand(4, 2, width)
+    keep = keep_slots(scores, positions, attended, torch.tensor(lengths).view(4, 1, 1), Limits.of(budgets, "cpu"))
+    for row, n in enumerate(lengths):
+        assert torch.equal(keep[row, :, width - n:], alone[row]) and not keep[row, :, :width - n].any()
 
 
 def test_drop_pruned_and_accumulate():
-    scores = torch.tensor([[1.0, 2.0, 3.0]])
-    keep = torch.tensor([[True, False, True, True]])
-    assert drop_pruned(scores, keep).tolist() == [[1.0, 0.0, 3.0]]
-    assert accumulate(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 0.25, 0.25]])).tolist() == [[1.5, 2.25, 0.25]]
+    scores = torch.tensor([[[1.0, 2.0, 3.0]]])
+    keep = torch.tensor([[[True, False, True]]])
+    assert drop_pruned(scores, keep).tolist() == [[[1.0, float("-inf"), 3.0]]]
+    step = torch.tensor([[[0.5, 0.0, 0.25]]])
+    assert accumulate(drop_pruned(scores, keep), step).tolist() == [[[1.5, float("-inf"), 3.25]]]
 
 
 def test_protect_sinks_uses_the_dtype_max():
@@ -81,10 +141,13 @@ def test_gqa_grouping_is_identity_for_mha_and_a_group_mean_otherwise():
     assert group_to_kv_heads(scores, 6) is scores
     grouped = group_to_kv_heads(scores, 2)  # heads 0-2 -> kv head 0, 3-5 -> kv head 1
     torch.testing.assert_close(grouped, torch.stack([scores[:3].mean(0), scores[3:].mean(0)]))
+    batched = group_to_kv_heads(torch.stack([scores, 2 * scores]), 2)  # (B, heads, n) too
+    torch.testing.assert_close(batched, torch.stack([grouped, group_to_kv_heads(2 * scores, 2)]))
 
 
 @pytest.mark.parametrize("bad", [{"heavy_ratio": 0.0}, {"heavy_ratio": 1.5}, {"sink_len": -1}, {"method": "nope"},
-                                 {"backend": "nope"}, {"scoring": "nope"}, {"chunk_size": 0}])
+                                 {"backend": "nope"}, {"scoring": "nope"}, {"chunk_size": 0}, {"sink_len": 2.5},
+                                 {"sink_len": True}, {"heavy_ratio": "0.25"}, {"chunk_size": 64.0}, {"apval": 1}])
 def test_config_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         VatpConfig(**bad)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from vatp.scoring import chunked_prefill, decode_step, eager_prefill, scaled_logits
+from vatp.scoring import chunked_prefill, decode_step, eager_prefill, model_decode_step, model_prefill, scaled_logits
 
 
 def _qkv(heads, kv_heads, length, d=16, seed=0, dtype=torch.float32):
@@ -88,7 +88,7 @@ def test_decode_step_gives_pruned_keys_exactly_zero_probability():
     keep = torch.rand(3, 20) > 0.5
     keep[:, -1] = True
     out, probs = decode_step(q[:, :, -1:], k, v, keep[None], 0.25)
-    probs = probs[0]
+    probs = probs[0].reshape(6, 20)  # (kv_heads, group, C) -> (heads, C)
     assert (probs[~keep.repeat_interleave(2, 0)] == 0).all()
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(6))
     # Same output as attending only the kept keys of each KV head.
@@ -96,3 +96,13 @@ def test_decode_step_gives_pruned_keys_exactly_zero_probability():
         kept = keep[h // 2]
         ref = torch.softmax(q[0, h, -1] @ k[0, h // 2, kept].T * 0.25, -1) @ v[0, h // 2, kept]
         torch.testing.assert_close(out[0, 0, h], ref, rtol=1e-5, atol=1e-6)
+    # The model's own attention (SDPA) over the same kept keys, for methods that score nothing then.
+    torch.testing.assert_close(model_decode_step(q[:, :, -1:], k, v, keep[None], 0.25), out, rtol=1e-5, atol=1e-6)
+
+
+def test_the_models_own_prompt_attention_equals_eager_output():
+    q, k, v = _qkv(6, 3, 40)
+    causal = torch.ones(40, 40, dtype=torch.bool).tril()[None, None]
+    for mask in (None, causal):
+        torch.testing.assert_close(model_prefill(q, k, v, mask, 0.25), eager_prefill(q, k, v, mask, 0.25, None)[0],
+                                   rtol=1e-5, atol=1e-6)

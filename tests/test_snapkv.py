@@ -49,7 +49,7 @@ def test_kept_set_is_the_top_of_snapkvs_scores_plus_the_window(apval, heads):
     with vatp.enabled(model, method="snapkv", heavy_ratio=ratio, apval=apval, sink_len=sink_len) as session, \
             torch.no_grad():
         model(ids)
-        kept = {layer: state.keep[:, :150] for layer, state in session.layers.items()}  # (kv_heads, L)
+        kept = {layer: state.token_mask()[:, :150] for layer, state in session.layers.items()}  # (kv_heads, L)
     prefix = 150 - WINDOW
     for layer, scores in enumerate(direct_scores(model, ids, apval, sink_len)):
         assert kept[layer][:, prefix:].all()  # the window
@@ -69,17 +69,20 @@ def test_nothing_is_pruned_while_decoding(apval):
     ids, steps = _prompt(120), 15
     with vatp.enabled(model, method="snapkv", heavy_ratio=0.25, apval=apval, sink_len=4) as session:
         greedy(model, ids, steps=1)
-        after_prompt = session.layers[1].keep[:, :120].clone()
+        after_prompt = session.layers[1].token_mask()[:, :120].clone()
         greedy(model, ids, steps=steps)
-        keep = session.layers[1].keep  # (kv_heads, 120 + steps - 1 cached, + the incoming slot)
+        state = session.layers[1]
+        keep = state.token_mask()  # (kv_heads, 120 + steps - 1 cached, + the incoming slot)
     assert torch.equal(keep[:, :120], after_prompt)
     assert keep[:, 120:].all() and keep.shape[1] == 120 + steps
+    assert state.scores is None and state.norms is None  # nothing is scored while decoding
     with vatp.enabled(model, method="snapkv", heavy_ratio=0.25, apval=apval, sink_len=4, backend="evict") as session:
         greedy(model, ids, steps=steps)
         cached = session.cache.layers[1].get_seq_length()
-        positions = session.layers[1].positions
+        state = session.layers[1]
     assert cached == 60 + steps - 1  # the budget, plus every generated token the cache has seen
-    assert torch.equal(positions[:, -(steps - 1):], torch.arange(120, 120 + steps - 1).expand(2, -1))
+    assert state.attended is None  # one row, so every slot holds a kept token: the model's attention, unmasked
+    assert torch.equal(state.positions[:, :, -(steps - 1):], torch.arange(120, 120 + steps - 1).expand(1, 2, -1))
 
 
 @pytest.mark.parametrize("apval", [False, True], ids=["snapkv", "snapkv+vatp"])
@@ -90,14 +93,13 @@ def test_evict_equals_mask(apval, heads):
     settings = dict(method="snapkv", heavy_ratio=0.25, apval=apval, sink_len=2)
     with vatp.enabled(model, backend="mask", **settings) as session:
         mask = greedy(model, ids, steps=20)
-        mask_kept = session.layers[1].keep[:, :-1]
+        mask_kept = session.layers[1].kept_positions()
     with vatp.enabled(model, backend="evict", **settings) as session:
         evict = greedy(model, ids, steps=20)
-        positions = session.layers[1].positions
+        evict_kept = session.layers[1].kept_positions()
     assert evict[0] == mask[0]
     torch.testing.assert_close(evict[1], mask[1], rtol=1e-5, atol=1e-5)
-    kept_positions = [row.nonzero().flatten().tolist() for row in mask_kept]
-    assert [sorted(row.tolist()) for row in positions] == kept_positions
+    assert evict_kept == mask_kept
 
 
 def test_pruning_changes_the_output_and_the_full_budget_does_not():

@@ -151,7 +151,7 @@ def test_the_decoder_called_with_positional_ids_is_pruned_like_the_model():
     ids = _prompt(30)
     with vatp.enabled(model, heavy_ratio=0.25, backend="evict") as session:
         hidden = model.model(ids).last_hidden_state
-        assert session.layers[0].seen == 30
+        assert int(session.layers[0].cached) == 30
         assert torch.equal(hidden, model.model(input_ids=ids).last_hidden_state)
 
 
@@ -203,11 +203,11 @@ def _decode_gain(model, score_dtype, length=1000, steps=20):
     """
     with vatp.enabled(model, heavy_ratio=1.0, h2o=True, score_dtype=score_dtype) as session, torch.no_grad():
         out = model(_prompt(length))
-        before = session.layers[0].scores.double().sum(dim=1)
+        before = session.layers[0].scores.double().sum(dim=-1)
         for _ in range(steps):
             out = model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values)
         scores = session.layers[0].scores
-    return (scores.double().sum(dim=1) - before) / steps, scores.dtype
+    return ((scores.double().sum(dim=-1) - before) / steps)[0], scores.dtype
 
 
 def test_bfloat16_scores_lose_the_decode_increments_unless_kept_in_float32():

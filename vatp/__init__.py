@@ -11,7 +11,7 @@ nor transformers (``eval.py``, ``python -m vatp.longbench.suite``) start quickly
 from importlib import import_module
 
 _EXPORTS = {
-    "VatpConfig": ".config", "METHODS": ".methods", "BudgetError": ".methods", "VatpSession": ".session",
+    "VatpConfig": ".config", "METHODS": ".names", "BudgetError": ".budget_hint", "VatpSession": ".session",
     "enable": ".attention", "disable": ".attention", "enabled": ".attention", "session_of": ".attention",
 }
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,7 @@ removes every attribute and hook that :func:`enable` added.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from . import support
 from .config import VatpConfig
+from .names import paper_method
 from .session import VatpSession
 
 ATTN_NAME = "vatp"
@@ -37,9 +39,9 @@ def vatp_attention_forward(module, query, key, value, attention_mask, scaling=No
     session: VatpSession = getattr(module, _SESSION_ATTR)
     scaling = module.head_dim ** -0.5 if scaling is None else scaling
     window = support.layer_window(module.config, module.layer_idx, sliding_window)
-    out, weights = session.attend(module.layer_idx, query, key, value, attention_mask, scaling, window)
+    out = session.attend(module.layer_idx, query, key, value, attention_mask, scaling, window, module)
     # transformers' own attention functions return a contiguous output, and some models .view() it (AFMoE).
-    return out.contiguous(), weights
+    return out.contiguous(), None
 
 
 # The mask function decides what `attention_mask` the model hands us: SDPA's
@@ -59,7 +61,7 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
     paper's flag. Enabling an enabled model replaces its settings.
     """
     if "h2o" in settings:
-        settings["method"] = "h2o" if settings.pop("h2o") else "scissorhands"
+        settings["method"] = paper_method(settings.pop("h2o"))
     config = replace(config or VatpConfig(), **settings)
     modules = _attention_modules(model)
     if not modules:
@@ -71,6 +73,8 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
         raise support.UnsupportedError(f"{type(model).__name__} keeps a cache of its own (not a DynamicCache, e.g. "
                                        "MiniMax's linear-attention state), which vatp does not prune; use a model "
                                        "whose generate makes a DynamicCache")
+    if getattr(model.config, "output_attentions", False):
+        _warn_no_attentions()
     disable(model)
     session = VatpSession(config)
     previous = model.config._attn_implementation
@@ -79,9 +83,9 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
     model.set_attn_implementation(ATTN_NAME)
     decoder = model.get_decoder()
     layers = [module.layer_idx for module in modules]
-    hooks = [decoder.register_forward_pre_hook(_before_forward(session, decoder), with_kwargs=True),
-             decoder.register_forward_hook(lambda *_: support.check_every_layer(
-                 {i: state.seen for i, state in session.layers.items()}, layers))]
+    before, after = _before_forward(session, decoder, layers)
+    hooks = [decoder.register_forward_pre_hook(before, with_kwargs=True),
+             decoder.register_forward_hook(after, with_kwargs=True)]
     setattr(model, _STATE_ATTR, (session, previous, hooks, modules))
     return session
 
@@ -117,19 +121,23 @@ def enabled(model, config: VatpConfig | None = None, **settings):
         disable(model)
 
 
-def _before_forward(session: VatpSession, decoder):
-    """Decoder pre-hook: note each row's left padding at a prompt; for the evict backend, remember the cache.
+def _warn_no_attentions() -> None:
+    warnings.warn("output_attentions is set, but vatp returns no attention weights (outputs.attentions stays "
+                  "empty); to read them, run the model without vatp (vatp.disable) with eager attention", stacklevel=3)
 
-    Padding other than on the left is refused, and so are a forward without a cache, a cache
-    other than a DynamicCache, beam search and assisted decoding: the sample's cache gets a
-    ``reorder_cache`` and a ``crop`` that refuse. The evict backend compacts the
-    cache in place. If the caller passed none, create one (the model would
-    create its own otherwise, out of our reach). Without explicit positions
-    the model would derive them from the (shrunken) cache length, so supply
-    the true ones (``generate`` passes them, from the attention mask).
+
+def _before_forward(session: VatpSession, decoder, layers: list[int]):
+    """Decoder pre-hook: start a sample at each prompt; for the evict backend, supply true positions.
+
+    At a prompt (an empty cache): padding other than on the left is refused, and so are a forward
+    without a cache, a cache other than a DynamicCache, beam search and assisted decoding (the
+    sample's cache gets a ``reorder_cache`` and a ``crop`` that refuse); if the caller passed no
+    cache, one is made (the model would make its own, out of our reach), and the session starts
+    the sample with each row's padding and that cache. A decode step does nothing here but, for
+    the evict backend without explicit positions, supply the true ones (the model would derive
+    them from the shrunken cache; ``generate`` passes them, from the attention mask).
     """
     def hook(module, args, kwargs):
-        session.attended.clear()
         inputs = kwargs.get("input_ids", args[0] if args else None)
         inputs = inputs if inputs is not None else kwargs.get("inputs_embeds")
         if inputs is None:
@@ -140,19 +148,21 @@ def _before_forward(session: VatpSession, decoder):
         if cache is not None and type(cache) is not DynamicCache:
             raise support.UnsupportedError(f"vatp prunes a DynamicCache, not a {type(cache).__name__}; pass no "
                                            "past_key_values (and no cache_implementation) to let the model make one")
-        fresh = cache is None or cache.get_seq_length() == 0
-        if fresh:  # a prompt; decode steps only append ones to the mask (no host sync there)
-            session.pads = support.left_padding(kwargs.get("attention_mask")) or [0] * inputs.shape[0]
-        if cache is None:  # the model would make one out of our reach
-            cache = kwargs["past_key_values"] = DynamicCache(config=decoder.config)
-        if fresh:  # this sample's own cache object: its rows must stay where they are, its tokens stay
+        if cache is None or cache.get_seq_length() == 0:  # a prompt: a new sample
+            if kwargs.get("output_attentions"):
+                _warn_no_attentions()
+            if cache is None:
+                cache = kwargs["past_key_values"] = DynamicCache(config=decoder.config)
             cache.reorder_cache, cache.crop = support.refuse_reordering, support.refuse_cropping
-        if session.config.backend != "evict":
+            session.start_sample(support.left_padding(kwargs.get("attention_mask")) or [0] * inputs.shape[0], cache)
             return args, kwargs
-        session.cache = cache
-        if kwargs.get("position_ids") is None:
-            past = 0 if fresh else session.seen_tokens()
-            kwargs["position_ids"] = (torch.arange(inputs.shape[1], device=inputs.device) + past)[None]
+        if session.config.backend == "evict" and kwargs.get("position_ids") is None:
+            kwargs["position_ids"] = session.next_positions(inputs.shape[1])
         return args, kwargs
 
-    return hook
+    def after(module, args, kwargs, output):
+        if session.attended:  # the prompt's forward: each layer went through vatp once
+            support.check_every_layer(session.attended, layers)
+            session.attended.clear()
+
+    return hook, after

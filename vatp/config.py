@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .methods import Method, get_method
-from .names import BACKENDS, METHODS, SCORE_DTYPES, SCORINGS, check_choice
+from .names import BACKENDS, METHODS, SCORE_DTYPES, SCORINGS, check_choice, paper_method
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class VatpConfig:
     score_dtype: str | None = None
 
     def __post_init__(self):
+        for name, kinds in (("heavy_ratio", (int, float)), ("sink_len", int), ("chunk_size", int), ("apval", bool)):
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (name != "apval" and isinstance(value, bool)):
+                raise ValueError(f"{name} must be {'a number' if name == 'heavy_ratio' else kinds.__name__}, "
+                                 f"got {value!r}")
         if not 0.0 < self.heavy_ratio <= 1.0:
             raise ValueError(f"heavy_ratio must be in (0, 1], got {self.heavy_ratio}; 0.25 gives the paper's 50% budget")
         check_choice("method", self.method, METHODS)
@@ -58,7 +63,7 @@ class VatpConfig:
     @classmethod
     def from_paper_flags(cls, heavy_ratio: float, h2o: bool, apval: bool, sink_len: int | None, **extra):
         """Build from ``pred.py``'s flags: ``--h2o`` picks H2O, otherwise Scissorhands."""
-        return cls(heavy_ratio=heavy_ratio, method="h2o" if h2o else "scissorhands",
+        return cls(heavy_ratio=heavy_ratio, method=paper_method(h2o),
                    apval=apval, sink_len=sink_len or 0, **extra)
 
     @property

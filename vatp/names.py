@@ -21,6 +21,11 @@ SCORE_DTYPES = ("model", "float32")  # the arithmetic of the scores
 DTYPE_NAMES = ("bfloat16", "float16", "float32")  # model dtypes
 
 
+def paper_method(h2o: bool) -> str:
+    """The method the paper's ``--h2o`` flag picks: H2O with it, its Scissorhands variant without."""
+    return "h2o" if h2o else "scissorhands"
+
+
 def method_label(method: str, apval: bool = False) -> str:
     """``"H2O"``, ``"H2O+VATP"``, ...: how reports, progress bars and run records name a method."""
     return METHODS[method] + (f"+{VALUE_AWARE}" if apval else "")

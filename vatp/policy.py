@@ -1,8 +1,11 @@
-"""The VATP keep policy as small pure functions.
+"""The keep decision as small pure functions, over cache slots.
 
-Everything that decides *which* cached tokens survive lives here, once. The
-mask backend and the eviction backend (``vatp/backends.py``) only differ in
-how they apply the boolean decision returned by :func:`keep_mask`.
+Everything that decides *which* cached tokens survive lives here, once, and
+works on a whole batch at once. Decisions are made in cache coordinates: a
+layer's state is a (B, kv_heads, C) tensor per quantity, one entry per cache
+slot, and each slot carries the absolute position of the token it holds (its
+row's own count: padding is not a token). The mask and evict backends then
+differ only in where the next token is written (``vatp/backends/``).
 
 Paper: Guo, Kamigaito, Watanabe. "Attention Score is not All You Need for
 Token Importance Indicator in KV Cache Reduction: Value Also Matters",
@@ -14,21 +17,65 @@ from dataclasses import dataclass
 
 import torch
 
+NO_POSITION = -1  # a slot that holds no token of its row (left padding, an unused slot)
+
 
 @dataclass(frozen=True)
 class Budget:
-    """Cache budget of one sample, fixed from the prompt length at prefill."""
+    """Cache budget of one row, fixed from its prompt length at prefill.
+
+    A decision over K cached tokens keeps the ``recent`` newest and the
+    ``heavy`` best-scored older ones when ``K > heavy + recent``; the token fed
+    in next is always attended on top, so a decode step attends
+    ``heavy + recent + 1`` tokens. ``keeps_all``: the paper's code keeps every
+    token when its recent budget is 0 (a slicing quirk), as H2O and
+    Scissorhands reproduce; other methods prune with ``recent == 0``.
+    """
 
     heavy: int  # tokens kept by score among the older ones
     recent: int  # newest cached tokens always kept
+    keeps_all: bool = False
 
     @property
     def total(self) -> int:
         return self.heavy + self.recent
 
+    def kept(self, cached: int) -> int:
+        """How many of ``cached`` tokens a decision keeps (the incoming token aside)."""
+        return cached if self.keeps_all or cached <= self.total else self.total
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A layer's budgets as tensors, one per row (and KV head), for a batched decision.
+
+    heavy (B, kv_heads | 1, 1), recent (B, 1, 1) and ``prune_above`` (B, kv_heads | 1, 1):
+    a row prunes once it holds more tokens than this (its total, or "never" where
+    it keeps all). ``ranked`` (B, kv_heads | 1, heavy_max) bool: which of the
+    ``heavy_max`` best older tokens each row keeps (its first ``heavy``).
+    """
+
+    heavy: torch.Tensor
+    recent: torch.Tensor
+    prune_above: torch.Tensor
+    ranked: torch.Tensor
+
+    @classmethod
+    def of(cls, budgets: list[Budget], device, heavy: torch.Tensor | None = None) -> "Limits":
+        """From each row's budget; ``heavy`` (B, kv_heads, 1) overrides the rows' heavy budgets per head."""
+        recent = torch.tensor([b.recent for b in budgets], device=device).view(-1, 1, 1)
+        if heavy is None:
+            heavy = torch.tensor([b.heavy for b in budgets], device=device).view(-1, 1, 1)
+        never = torch.iinfo(torch.int64).max
+        keeps_all = torch.tensor([b.keeps_all for b in budgets], device=device).view(-1, 1, 1)
+        prune_above = torch.where(keeps_all, never, heavy + recent)
+        heavy_max = int(heavy.max()) if heavy.numel() else 0
+        ranked = torch.arange(heavy_max, device=device) < heavy
+        return cls(heavy=heavy, recent=recent, prune_above=prune_above, ranked=ranked)
+
 
 def value_l1_norm(values: torch.Tensor) -> torch.Tensor:
-    """L1 norm of each value vector: (kv_heads, n, head_dim) -> (kv_heads, n).
+    """L1 norm of each value vector: (..., n, head_dim) -> (..., n).
 
     Values carry no RoPE, so this is the norm of the ``v_proj`` output.
     """
@@ -36,73 +83,81 @@ def value_l1_norm(values: torch.Tensor) -> torch.Tensor:
 
 
 def group_to_kv_heads(scores: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
-    """Mean of per-query-head scores over each GQA group.
+    """Mean of per-query-head scores over each GQA group: (..., heads, n) -> (..., kv_heads, n).
 
-    (heads, n) -> (kv_heads, n). Query heads ``g*k .. g*k+g-1`` share KV head
-    ``k`` (transformers' ``repeat_kv`` layout). With MHA (g == 1) this is the
-    identity, bit for bit, so the paper's per-head rule is recovered exactly.
-    The mean (not the sum) keeps fp16 scores in the same range as MHA.
+    Query heads ``g*k .. g*k+g-1`` share KV head ``k`` (transformers' ``repeat_kv``
+    layout). With MHA (g == 1) this is the identity, bit for bit, so the paper's
+    per-head rule is recovered exactly. The mean (not the sum) keeps float16
+    scores in the same range as MHA.
     """
-    heads, n = scores.shape
+    heads, n = scores.shape[-2:]
     group = heads // num_kv_heads
     if group == 1:
         return scores
-    return scores.view(num_kv_heads, group, n).mean(dim=1)
+    return scores.view(*scores.shape[:-2], num_kv_heads, group, n).mean(dim=-2)
 
 
 def protect_sinks(scores: torch.Tensor, sink_len: int) -> torch.Tensor:
-    """Give the first ``sink_len`` tokens the dtype's largest finite score.
+    """Give the first ``sink_len`` tokens the dtype's largest finite score: (kv_heads, n), in place.
 
-    (kv_heads, n) -> (kv_heads, n), in place. Done once, at prefill; later
-    steps add to it (in fp16 it may overflow to inf and stays on top).
+    Done once, at prefill, on a row's own tokens; later steps add to it (in
+    float16 it may overflow to inf and stays on top).
     """
     if sink_len > 0:
-        scores[:, :sink_len] = torch.finfo(scores.dtype).max
+        scores[..., :sink_len] = torch.finfo(scores.dtype).max
     return scores
 
 
-def accumulate(previous: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """Add a decode step's scores to the running ones.
+def accumulate(scores: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """A decode step's attention added to the running scores: (B, kv_heads, C) each.
 
-    previous (kv_heads, K), step (kv_heads, K+1) -> (kv_heads, K+1). The last
-    column is the new token, which has no history.
+    The incoming token's slot holds 0 (it has no history); pruned and unused
+    slots hold -inf and keep it.
     """
-    step[:, :-1] += previous
-    return step
+    return scores + step
 
 
-def kept_count(k: int, budget: Budget) -> int:
-    """How many of ``k`` cached tokens :func:`keep_mask` keeps, the incoming slot aside."""
-    return k if k <= budget.total or budget.recent == 0 else budget.total
+def rank_key(scores: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """int64 keys that order slots as their scores do, equal scores to the older token.
 
-
-def keep_mask(scores: torch.Tensor, budget: Budget) -> torch.Tensor:
-    """Which tokens the next forward attends: (kv_heads, K) -> (kv_heads, K+1) bool.
-
-    Column ``K`` is the slot of the token fed in next; it is always kept.
-    If ``K > budget.total`` the kept set is the ``budget.heavy`` best scores
-    among positions ``[0, K - recent)`` plus the ``recent`` newest cached
-    tokens ``[K - recent, K)`` plus the incoming slot: ``total + 1`` entries.
-    This reproduces the paper's code exactly, including its quirks: the token
-    at ``K - recent`` is kept although it sits outside its ``[:-recent]``
-    slice (a write through a view), and ``recent == 0`` keeps everything.
-    Ties among scores are broken as ``torch.topk`` breaks them.
+    scores (B, H, C) of any float dtype up to 32 bits, positions (B, H | 1, C) -> (B, H, C).
+    The float's bits, made to sort as integers (negative floats have their other
+    bits flipped), go in the high 32 bits; the position, negated, breaks ties.
+    So every row decides the same way alone or in any batch, on any device:
+    ``torch.topk``'s own tie-breaking is left unspecified.
     """
-    heads, k = scores.shape
-    keep = torch.ones(heads, k + 1, dtype=torch.bool, device=scores.device)
-    if kept_count(k, budget) == k:
-        return keep
-    older = k - budget.recent
-    keep[:, :older] = False
-    if budget.heavy > 0:
-        top = scores[:, :older].topk(budget.heavy, dim=-1).indices
-        keep.scatter_(-1, top, True)
-    return keep
+    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0: -0.0 becomes 0.0, its equal
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (bits.long() << 32) - positions
+
+
+def keep_slots(scores: torch.Tensor, positions: torch.Tensor, attended: torch.Tensor, cached: torch.Tensor,
+               limits: Limits) -> torch.Tensor:
+    """Which slots the next step attends, the incoming token's aside: (B, H, C) bool.
+
+    scores (B, H, C); positions (B, H | 1, C); attended (B, H, C) bool, the
+    slots the step that produced ``scores`` attended (never anything else:
+    a pruned token never returns); cached (B, 1, 1) int64, K, the tokens each
+    row has seen. A row with ``K > heavy + recent`` keeps its ``recent``
+    newest tokens (positions >= K - recent) and the ``heavy`` best scores
+    among its older attended ones, equal scores to the older token
+    (:func:`rank_key`); other rows keep everything attended.
+
+    For the paper's methods this is its code's rule: the kept set has
+    ``heavy + recent`` cached tokens plus the incoming one (its code meant
+    ``recent - 1`` and keeps one more through a write via a view).
+    """
+    recent = positions >= cached - limits.recent
+    older = attended & ~recent
+    ranked = rank_key(scores, positions).masked_fill(~older, torch.iinfo(torch.int64).min)
+    # A heavy budget wider than the slots belongs to a row that cannot prune yet.
+    chosen = limits.ranked[..., :scores.shape[-1]]
+    best = ranked.topk(chosen.shape[-1], dim=-1).indices  # (B, H, heavy_max), best first
+    heavy = torch.zeros_like(attended).scatter_(-1, best, chosen.expand_as(best))
+    keep = attended & (recent | heavy)
+    return torch.where(cached > limits.prune_above, keep, attended)
 
 
 def drop_pruned(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Zero the scores of pruned tokens: they are masked from now on and never return.
-
-    scores (kv_heads, K), keep (kv_heads, K+1) -> (kv_heads, K).
-    """
-    return scores.masked_fill(~keep[:, :-1], 0)
+    """Pruned slots' scores become -inf: they are masked from now on and never ranked again. (B, H, C) each."""
+    return scores.masked_fill(~keep, float("-inf"))

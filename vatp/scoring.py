@@ -7,7 +7,8 @@ Two ways to score a prompt, same result up to float rounding:
 * :func:`chunked_prefill` computes the same in chunks of query rows, so
   peak extra memory is O(heads x chunk x L), not O(L^2).
 
-:func:`decode_step` attends one new query per row, optionally under a keep mask.
+:func:`decode_step` attends one new query per row, optionally under a keep mask, in the same
+arithmetic; :func:`model_decode_step` is the model's own SDPA for methods that score nothing then.
 Shapes: query (1, heads, q, d); key (1, kv_heads, kv_len, d); value (1, kv_heads, kv_len, dv), where
 dv may differ from d (MiMo-V2's 128-wide values on 192-wide keys); decode steps: B rows.
 
@@ -148,22 +149,53 @@ def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk:
     return out.view(heads, q_len, dv).transpose(0, 1)[None], sums.to(score_dtype)
 
 
-def decode_step(query, key, value, keep: torch.Tensor | None, scaling, score_dtype=None):
-    """Attention of one new query per row; ``keep`` (B, kv_heads, kv_len) bool masks pruned keys.
+def model_prefill(query, key, value, mask, scaling):
+    """The model's own attention (SDPA) of a prompt, nothing scored: the contract of :func:`eager_prefill`'s output.
 
-    Pruned logits get the dtype's minimum before the softmax, so their
+    query (1, heads, L, d), key (1, kv_heads, L, d), value (1, kv_heads, L, dv); ``mask`` None (causal) or
+    the row's own boolean (1, 1|heads, L, L) mask -> (1, L, heads, dv).
+    """
+    group = query.shape[1] // key.shape[1]
+    key, value = _repeat_kv(key, group), _repeat_kv(value, group)
+    if mask is None:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling)
+    else:
+        allowed = _allowed(mask, query.shape[2], key.shape[2], query.device)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=scaling)
+    return out.transpose(1, 2)
+
+
+def decode_step(query, key, value, attended: torch.Tensor | None, scaling, score_dtype=None):
+    """Attention of one new query per row; ``attended`` (B, kv_heads, C) bool masks the other slots.
+
+    Masked logits get the dtype's minimum before the softmax, so their
     probability is exactly 0 (the paper's ``w*m + (1-m)*min``). The query
     heads of a GQA group attend their shared KV head in one batched matmul,
     without copying the cache per query head.
-    Returns the output (B, 1, heads, dv) and the probabilities (B, heads, kv_len)
+    Returns the output (B, 1, heads, dv) and the probabilities (B, kv_heads, group, C)
     in ``score_dtype`` (default: the model dtype).
     """
     batch, heads, d = query.shape[0], query.shape[1], query.shape[3]
-    kv_heads, kv_len = key.shape[1], key.shape[2]
-    q = query[:, :, 0].view(batch, kv_heads, heads // kv_heads, d)  # (B, kv_heads, group, d)
-    logits = scaled_logits(q, key.transpose(2, 3), scaling)  # (B, kv_heads, group, kv)
-    if keep is not None:
-        logits = logits.masked_fill(~keep[:, :, None, :], torch.finfo(logits.dtype).min)
+    kv_heads = key.shape[1]
+    q = query.view(batch, kv_heads, heads // kv_heads, d)  # (B, kv_heads, group, d)
+    logits = scaled_logits(q, key.transpose(2, 3), scaling)  # (B, kv_heads, group, C)
+    if attended is not None:
+        logits = logits.masked_fill(~attended[:, :, None, :], torch.finfo(logits.dtype).min)
     probs, scored = probabilities(logits, query.dtype, score_dtype)
     out = torch.matmul(probs, value)  # (B, kv_heads, group, dv)
-    return out.reshape(batch, 1, heads, value.shape[3]), scored.reshape(batch, heads, kv_len)
+    return out.view(batch, 1, heads, value.shape[3]), scored
+
+
+def model_decode_step(query, key, value, attended: torch.Tensor | None, scaling):
+    """The model's own attention (SDPA) of one new query per row over the ``attended`` slots, nothing scored.
+
+    query (B, heads, 1, d), key (B, kv_heads, C, d), value (B, kv_heads, C, dv), attended (B, kv_heads, C)
+    bool or None (every slot) -> (B, 1, heads, dv). A GQA group's query heads are its KV head's query rows,
+    so one mask per KV head needs no copy of the cache per query head.
+    """
+    batch, heads, d = query.shape[0], query.shape[1], query.shape[3]
+    kv_heads = key.shape[1]
+    q = query.view(batch, kv_heads, heads // kv_heads, d)
+    mask = None if attended is None else attended[:, :, None, :]
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)  # (B, kv_heads, group, dv)
+    return out.view(batch, 1, heads, value.shape[3])

@@ -1,14 +1,15 @@
-"""VatpSession: per-sample pruning state and the attention call that uses it.
+"""VatpSession: the pruning state of one sample (a batch of rows) and the attention call that uses it.
 
 One session per enabled model. For every attention layer it computes the
-attention, hands the method (``config.scorer``) the attention each token
-received, at prefill and at each decode step, asks the policy which tokens to
-keep, and hands that decision to the backend. It knows no method by name.
+attention, hands the method (``config.scorer``) what it scores, at the
+prompt and at each decode step, asks the policy which cache slots to keep,
+and hands that decision to the backend. It knows no method by name.
 
-A batch of left-padded prompts is handled row by row where decisions are
-made: each row is scored on its own tokens (its padding is never scored,
-kept or counted), with the budget of its own length, exactly as if it ran
-alone; decode steps attend all rows in one call.
+A left-padded batch is one state per layer, (B, kv_heads, C) tensors in
+cache coordinates. At the prompt each row is scored alone on its own tokens
+(its padding is never scored, kept or counted), with the budget of its own
+length; every decision after that is one batched call whatever the batch
+size, and each row ends up exactly as if it ran alone.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import warnings
 import torch
 
 from . import policy, scoring, support
-from .backends import BACKENDS, LayerState
+from .backends import BACKENDS, Slots
 from .config import VatpConfig
+from .methods import Prompt
 
 
 class VatpSession:
@@ -26,129 +28,135 @@ class VatpSession:
         self.config = config
         self.method = config.scorer
         self.backend = BACKENDS[config.backend]()
-        self.rows: list[dict[int, LayerState]] = []  # per batch row: layer index -> its state
-        self.pads: list[int] = []  # per batch row: padding tokens before its prompt (set before each prompt)
-        self.cache = None  # the KV cache of the current forward (evict backend)
-        self.attended: set[int] = set()  # layers attended in the current forward (cleared before each)
+        self.layers: dict[int, Slots] = {}  # layer index -> its state, for the whole batch
+        self.pads: list[int] = []  # per batch row: padding tokens before its prompt
+        self.cache = None  # the KV cache of the sample (the evict backend compacts it)
+        self.attended: set[int] = set()  # layers attended in the prompt's forward
         self._row_masks = None  # (the prompt's mask, each row's own mask): worked out once per mask
         scorings = {"eager": lambda: scoring.eager_prefill, "chunked": lambda: self._chunked_prefill,
                     "fused": _load_fused_prefill}
         self._prefill = scorings[config.resolved_scoring]()
 
-    @property
-    def layers(self) -> dict[int, LayerState]:
-        """The per-layer state of the sample (of the first row of a batch; ``rows[b]`` for row ``b``)."""
-        return self.rows[0] if self.rows else {}
+    def start_sample(self, pads: list[int], cache) -> None:
+        """A new prompt (the decoder's pre-hook calls this on an empty cache): forget the last sample."""
+        self.layers, self.pads, self.cache, self._row_masks = {}, pads, cache, None
+        self.attended.clear()
 
     def reset(self) -> None:
-        """Forget the current sample. A new prompt (empty cache) also resets."""
-        self.rows = []
-        self.cache = None
-        self._row_masks = None
+        """Forget the current sample (the paper's ``_reset_masks``); a new prompt also does."""
+        self.start_sample([], None)
 
     def budget(self, prompt_len: int) -> policy.Budget:
         """The budget for a prompt of this length; raises BudgetError with a fix if there is none."""
         return self.method.checked_budget(prompt_len, self.config.heavy_ratio, self.config.sink_len)
 
-    def seen_tokens(self) -> int:
-        """Absolute length of the current sample, padding included (the cache may be shorter after eviction)."""
-        return self.layers[0].seen + (self.pads[0] if self.pads else 0) if 0 in self.layers else 0
+    def next_positions(self, new_tokens: int) -> torch.Tensor:
+        """(1, new_tokens) the positions the next tokens take, as the model counts them with a full cache."""
+        state = self.layers[min(self.layers)]
+        return state.cached[:1, 0] + self.pads[0] + torch.arange(new_tokens, device=state.cached.device)
+
+    def kept_positions(self, layer_idx: int, row: int = 0) -> list[list[int]]:
+        """Per KV head, the positions (of row ``row``'s own tokens, in order) that layer ``layer_idx`` keeps."""
+        return self.layers[layer_idx].kept_positions(row)
 
     # -- the attention call ---------------------------------------------------
-    def attend(self, layer_idx: int, query, key, value, mask, scaling, window: support.Window | None = None):
-        """query (B, heads, q, d); key (B, kv_heads, kv, d); value (B, kv_heads, kv, dv) -> ((B, q, heads, dv), None).
+    def attend(self, layer_idx: int, query, key, value, mask, scaling, window: support.Window | None = None,
+               module=None):
+        """query (B, heads, q, d); key (B, kv_heads, kv, d); value (B, kv_heads, kv, dv) -> (B, q, heads, dv).
 
-        A layer's ``window`` (sliding, or chunks) is refused once the longest row outgrows it.
+        A layer's ``window`` (sliding, or chunks) is refused once the longest row outgrows it. ``module``:
+        the attention module, for methods that read its weights.
         """
-        support.check_called_once(layer_idx, self.attended)
         q_len, kv_len = query.shape[2], key.shape[2]
-        if q_len == kv_len:  # empty cache before this call: a new sample
+        if q_len == kv_len:  # the cache was empty: a prompt
+            support.check_called_once(layer_idx, self.attended)
             support.check_window(layer_idx, window, kv_len)
             if mask is not None and mask.is_floating_point():
                 support.check_additive_mask(layer_idx, mask, torch.finfo(mask.dtype).min)
-            return self._attend_prompt(layer_idx, query, key, value, mask, scaling)
-        states = [row.get(layer_idx) for row in self.rows]
-        if not states or None in states or q_len != 1 or len(states) != query.shape[0]:
-            raise ValueError(
-                "vatp prunes a cache it filled itself: run the whole prompt in one forward, "
-                f"then one token per step (got {q_len} new tokens on a cache of {kv_len - q_len})"
-            )
-        support.check_window(layer_idx, window, max(state.seen for state in states) + 1)
-        return self._attend_step(layer_idx, states, query, key, value, scaling)
+            return self._attend_prompt(layer_idx, module, query, key, value, mask, scaling)
+        state = self.layers.get(layer_idx)
+        support.check_decode_step(q_len, kv_len, state is not None and state.cached.shape[0] == query.shape[0])
+        if window is not None:  # windowed models only: one host sync per step
+            support.check_window(layer_idx, window, int(state.cached.max()) + 1)
+        if state.scores is None:  # a method that prunes only the prompt: the model's own attention
+            self.backend.open_slot(state, None)
+            state.cached += 1
+            return scoring.model_decode_step(query, key, value, state.attended, scaling)
+        return self._decode(state, query, key, value, scaling)
 
-    def _row_pads(self, batch: int) -> list[int]:
-        """Each row's padding, as the pre-hook noted it (none when the session is called without it)."""
-        return self.pads if len(self.pads) == batch else [0] * batch
-
-    def _attend_prompt(self, layer_idx, query, key, value, mask, scaling):
-        batch = query.shape[0]
-        pads = self._row_pads(batch)
-        if layer_idx == 0 or len(self.rows) != batch:
-            self.rows = [{} for _ in range(batch)]
-        if batch == 1 and pads[0] == 0:  # the paper's case, as it computes it
-            out = self._score_prompt(layer_idx, 0, query, key, value, mask, scaling)
+    def _decode(self, state: Slots, query, key, value, scaling):
+        """One decode step of every row at once: attend, score, decide, in a fixed number of tensor ops."""
+        method = self.method
+        norms = None
+        if method.uses_values:
+            norms = policy.value_l1_norm(self.backend.incoming_values(state, value).to(state.scores.dtype))
+        self.backend.open_slot(state, norms)
+        step = None
+        if method.uses_attention:
+            out, probs = scoring.decode_step(query, key, value, state.attended, scaling, state.scores.dtype)
+            step = probs[:, :, 0] if probs.shape[2] == 1 else probs.mean(dim=2)  # (B, kv_heads, C): GQA group mean
         else:
-            out = query.new_zeros(batch, query.shape[2], query.shape[1], value.shape[3])  # padding rows stay 0
-            masks = [None] * batch if mask is None else self._own_masks(mask, pads)
-            for b, pad in enumerate(pads):  # each row alone: its own tokens under its own mask (padding is never scored)
+            out = scoring.model_decode_step(query, key, value, state.attended, scaling)
+        scores = method.step_scores(state.scores, step, state.norms)
+        state.cached += 1
+        keep = policy.keep_slots(scores, state.positions, state.attended, state.cached, state.limits)
+        self.backend.close_step(state, policy.drop_pruned(scores, keep), keep)
+        return out
+
+    def _attend_prompt(self, layer_idx, module, query, key, value, mask, scaling):
+        """Score each row's prompt alone, then decide for the whole batch at once."""
+        batch, kv_heads, width = key.shape[:3]
+        pads = self.pads if len(self.pads) == batch else [0] * batch  # none when called without the pre-hook
+        score_dtype = self.config.resolved_score_dtype(query.dtype)
+        budgets = [self._budget(layer_idx, width - pad) for pad in pads]
+        masks = [None] * batch if mask is None else self._own_masks(mask, pads)
+        scores = query.new_full((batch, kv_heads, width), float("-inf"), dtype=score_dtype)
+        norms = scores.new_zeros(scores.shape) if self.method.uses_values else None
+        if batch == 1 and pads[0] == 0:  # the paper's case, as it computes it
+            out = self._score_row(layer_idx, module, 0, query, key, value, masks[0], scaling, scores, norms)
+        else:
+            out = query.new_zeros(batch, width, query.shape[1], value.shape[3])  # padding rows stay 0
+            for b, pad in enumerate(pads):  # each row alone: its own tokens under its own mask
                 rows = slice(b, b + 1), slice(None), slice(pad, None)
-                out[b:b + 1, pad:] = self._score_prompt(layer_idx, b, query[rows], key[rows], value[rows], masks[b],
-                                                        scaling)
-        self.backend.prepare_next([row[layer_idx] for row in self.rows], self.cache, layer_idx, pads)
-        return out, None
+                out[b:b + 1, pad:] = self._score_row(layer_idx, module, b, query[rows], key[rows], value[rows],
+                                                     masks[b], scaling, scores, norms)
+        pad = torch.tensor(pads, device=key.device).view(-1, 1, 1)
+        positions = (torch.arange(width, device=key.device) - pad).clamp_(min=policy.NO_POSITION)  # (B, 1, W)
+        cached = width - pad
+        attended = (positions >= 0).expand(batch, kv_heads, width)
+        limits = policy.Limits.of(budgets, key.device)
+        keep = policy.keep_slots(scores, positions, attended, cached, limits)
+        slots = Slots(policy.drop_pruned(scores, keep), norms, positions, attended, cached, budgets, limits)
+        self.layers[layer_idx] = self.backend.after_prompt(layer_idx, slots, keep, self.cache, self.method)
+        return out
+
+    def _score_row(self, layer_idx, module, row, query, key, value, mask, scaling, scores, norms):
+        """One row's prompt: query (1, heads, L, d) -> output (1, L, heads, dv); writes the row's scores (and norms)
+        into ``scores[row]`` (``norms[row]``), whose last L slots are its tokens."""
+        score_dtype = scores.dtype
+        if self.method.uses_attention:
+            out, attention = self._prefill(query, key, value, mask, scaling, self.method.window, score_dtype)
+        else:
+            out, attention = scoring.model_prefill(query, key, value, mask, scaling), None
+        prompt = Prompt(query, key, value, module, layer_idx, attention, self.config.sink_len, score_dtype)
+        length = key.shape[2]
+        scores[row, :, -length:] = self.method.prompt_scores(prompt)
+        if norms is not None:
+            norms[row, :, -length:] = prompt.value_norms
+        return out
+
+    def _budget(self, layer_idx: int, prompt_len: int) -> policy.Budget:
+        budget = self.budget(prompt_len)
+        if budget.keeps_all and layer_idx == 0:
+            warnings.warn(f"heavy_ratio {self.config.heavy_ratio} gives a recent budget of 0 for a "
+                          f"{prompt_len}-token prompt: nothing is pruned (as in the paper's code)", stacklevel=5)
+        return budget
 
     def _own_masks(self, mask, pads: list[int]) -> list:
         """Each row's own prompt mask (:func:`scoring.row_mask`), worked out once per mask: layers share the model's."""
         if self._row_masks is None or self._row_masks[0] is not mask:  # held, so a new mask is a new object
             self._row_masks = mask, [scoring.row_mask(mask, b, pad) for b, pad in enumerate(pads)]
         return self._row_masks[1]
-
-    def _score_prompt(self, layer_idx, row, query, key, value, mask, scaling):
-        """One row's prompt: query (1, heads, L, d) -> output (1, L, heads, d); its state and decision."""
-        kv_heads, prompt_len = key.shape[1], key.shape[2]
-        budget = self.budget(prompt_len)
-        if budget.recent == 0 and layer_idx == 0:
-            warnings.warn(f"heavy_ratio {self.config.heavy_ratio} gives a recent budget of 0 for a "
-                          f"{prompt_len}-token prompt: nothing is pruned (as in the paper's code)", stacklevel=3)
-        score_dtype = self.config.resolved_score_dtype(query.dtype)
-        out, sums = self._prefill(query, key, value, mask, scaling, self.method.query_window, score_dtype)
-        norms = policy.value_l1_norm(value[0].to(score_dtype))  # (kv_heads, L)
-        scores = self.method.prompt_scores(sums, kv_heads, norms, self.config.sink_len)  # (kv_heads, L)
-        state = LayerState(scores=scores, value_norms=norms, budget=budget, seen=prompt_len)
-        self.rows[row][layer_idx] = state
-        self._decide(layer_idx, row, state)
-        return out
-
-    def _attend_step(self, layer_idx, states, query, key, value, scaling):
-        self._row_masks = None  # the prompt's mask is not needed any more
-        pads = self._row_pads(len(states))
-        keep = self.backend.step_mask(states, pads)  # (B, kv_heads, kv_len) or None
-        out, probs = scoring.decode_step(query, key, value, keep, scaling, states[0].scores.dtype)
-        kv_heads = key.shape[1]
-        for b, (state, pad) in enumerate(zip(states, pads)):
-            step = policy.group_to_kv_heads(probs[b], kv_heads)  # (kv_heads, kv_len), in cache order
-            order = self.backend.step_order(state)  # evict: slots are not in token order
-            if order is None:  # the cache holds the row's tokens in order, after its padding
-                step, new_value = step[:, pad:], value[b, :, -1:]
-            else:
-                step = step.gather(1, order)
-                new_value = value[b].gather(1, order[:, -1:, None].expand(-1, -1, value.shape[-1]))
-            new_norm = policy.value_l1_norm(new_value.to(state.scores.dtype))
-            state.value_norms = torch.cat([state.value_norms, new_norm], dim=1)
-            scores = self.method.step_scores(state.scores, step, state.value_norms)
-            state.seen += 1
-            if scores is None:  # the method prunes nothing while decoding
-                self.backend.keep_new_token(state)
-            else:
-                state.scores = scores
-                self._decide(layer_idx, b, state)
-        self.backend.prepare_next(states, self.cache, layer_idx, pads)
-        return out, None
-
-    def _decide(self, layer_idx: int, row: int, state: LayerState) -> None:
-        keep = policy.keep_mask(state.scores, state.budget)
-        state.scores = policy.drop_pruned(state.scores, keep)
-        self.backend.apply(state, keep, self.cache, layer_idx)
 
     def _chunked_prefill(self, query, key, value, mask, scaling, window, score_dtype):
         return scoring.chunked_prefill(query, key, value, mask, scaling, window, self.config.chunk_size, score_dtype)

@@ -152,19 +152,23 @@ def refuse_reordering(*_args, **_kwargs) -> None:
                            "does not follow them; use num_beams=1 (greedy or sampling, as the paper's code)")
 
 
-def check_every_layer(seen: dict[int, int], layers: list[int]) -> None:
-    """After a forward, every attention layer must have gone through vatp, as often as the others.
-
-    ``seen``: layer index -> tokens that layer's vatp state has seen.
-    """
-    counts = set(seen.values())
-    missing = sorted(set(layers) - set(seen))
-    if missing or len(counts) > 1:
-        behind = missing or sorted(i for i, n in seen.items() if n != max(counts))
+def check_every_layer(attended: set[int], layers: list[int]) -> None:
+    """After a prompt's forward, every attention layer must have gone through vatp (``attended``)."""
+    missing = sorted(set(layers) - attended)
+    if missing:
         raise UnsupportedError(
-            f"layer(s) {behind} did not go through vatp's attention in this forward, so their cache would not "
+            f"layer(s) {missing} did not go through vatp's attention in this forward, so their cache would not "
             "be pruned: their attention bypasses transformers' attention interface (a custom attention module, "
             "or a config that pins another implementation); use a Llama-family model whose layers all use it")
+
+
+def check_decode_step(new_tokens: int, cached: int, known: bool) -> None:
+    """A forward on a pruned cache must bring one token, on a cache vatp filled itself (``known``)."""
+    if new_tokens != 1 or not known:
+        raise UnsupportedError(
+            "vatp prunes a cache it filled itself: run the whole prompt in one forward (on an empty cache), then "
+            f"one token per step (got {new_tokens} new tokens on a cache of {cached}); pass a fresh cache (or none) "
+            "for a new prompt")
 
 
 def model_window(config) -> Window | None:

@@ -130,7 +130,7 @@ def kept_tokens(model, input_ids: torch.Tensor, layer: int, **settings) -> torch
     _not_enabled(model)
     with attention.enabled(model, backend="mask", **settings) as session:
         forward_through(model, input_ids, layer, use_cache=True)
-        keep = session.layers[layer].keep  # (kv_heads, L + 1)
+        keep = session.layers[layer].token_mask()  # (kv_heads, L + 1)
     return keep[:, :-1].cpu()
 
 

@@ -6,18 +6,17 @@ decode step, and its budget. VATP is a modifier that wraps any method
 """
 from importlib import import_module
 
-from ..names import METHODS as NAMES
-from ..names import check_choice
-from .base import BudgetError, Method
+from ..budget_hint import BudgetError
+from ..names import METHODS, check_choice
+from .base import Method, Prompt
 from .value_aware import ValueAware
 
 
-def get_method(name: str, apval: bool = False) -> Method:
-    """The method registered as ``name`` (its file's ``METHOD``), with VATP's value weighting if ``apval``."""
-    method = import_module(f".{check_choice('method', name, NAMES)}", __name__).METHOD
+def get_method(name: str, apval: bool = False, **params) -> Method:
+    """The method registered as ``name`` (its file's ``METHOD`` class) with ``params`` as its fields, and
+    VATP's value weighting if ``apval``."""
+    method = import_module(f".{check_choice('method', name, METHODS)}", __name__).METHOD(**params)
     return ValueAware(method) if apval else method
 
 
-METHODS: dict[str, Method] = {name: get_method(name) for name in NAMES}
-
-__all__ = ["METHODS", "BudgetError", "Method", "ValueAware", "get_method"]
+__all__ = ["BudgetError", "Method", "Prompt", "ValueAware", "get_method"]

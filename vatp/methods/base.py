@@ -1,162 +1,107 @@
-"""What a token-importance method is: how it scores the prompt and each decode step, and its budget."""
+"""What a token-importance method is: how it scores the prompt and each decode step, and its budget.
+
+A method is a frozen dataclass whose parameters are its fields (in the spirit
+of kvpress's presses). The session hands :meth:`Method.prompt_scores` one
+row's :class:`Prompt` of one layer, and, at each decode step, hands
+:meth:`Method.step_scores` the new query's attention in cache coordinates.
+The policy (``vatp/policy.py``) then keeps the best scores within
+:meth:`Method.budget`. A method knows nothing of backends or batches.
+"""
 from __future__ import annotations
 
-import math
-from decimal import ROUND_CEILING, Decimal
+from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar
 
 import torch
 
+from .. import budget_hint
 from ..names import method_label
-from ..policy import Budget, accumulate, group_to_kv_heads
+from ..policy import Budget, accumulate, group_to_kv_heads, value_l1_norm
 
 
-class BudgetError(ValueError):
-    """A setting gives no valid cache budget for this prompt length."""
+@dataclass
+class Prompt:
+    """One row's prompt at one layer, as a method's prompt scorer sees it (no padding).
 
-
-class Method:
-    """A token-importance rule: what the session asks of a method.
-
-    At prefill the session computes the attention each key receives, summed
-    over the last ``query_window`` prompt queries (all of them if ``None``),
-    and hands it to :meth:`prompt_scores`. At each decode step it hands the
-    new query's attention to :meth:`step_scores`. The policy then keeps the
-    best scores within :meth:`budget`. Subclasses set ``name`` (their entry
-    in :data:`vatp.names.METHODS`) and ``query_window`` and implement
-    :meth:`budget`; the default scores are H2O's: attention accumulated.
+    query (1, heads, L, d), key (1, kv_heads, L, d), value (1, kv_heads, L, dv):
+    the layer's attention inputs (keys after RoPE). ``attention`` (heads, L): the
+    attention each key received, summed over the method's ``window`` of last
+    queries, in ``score_dtype``; None for a method that does not use attention.
     """
 
-    name: str = ""
-    query_window: int | None = None
-    # Whether the first ``sink_len`` tokens are always kept (VATP, StreamingLLM); the budget must hold them.
-    protects_sinks: bool = False
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    module: torch.nn.Module
+    layer_idx: int
+    attention: torch.Tensor | None
+    sink_len: int
+    score_dtype: torch.dtype
+
+    @property
+    def kv_heads(self) -> int:
+        return self.key.shape[1]
+
+    @cached_property
+    def value_norms(self) -> torch.Tensor:
+        """(kv_heads, L) L1 norm of each value vector, in ``score_dtype``."""
+        return value_l1_norm(self.value[0].to(self.score_dtype))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A token-importance rule. Subclasses set ``name`` (their entry in :data:`vatp.names.METHODS`) and
+    implement :meth:`budget`; the default scores are H2O's: attention accumulated.
+
+    Class settings, read by the session and the policy:
+
+    * ``uses_attention``: whether the scores read attention at all; where not
+      (StreamingLLM, KNorm) the model's own attention runs and none is scored;
+    * ``window``: the last prompt queries whose attention :meth:`prompt_scores` needs
+      (``None``: all of them);
+    * ``prunes_while_decoding``: False for a method that only compresses the prompt
+      (SnapKV): its decode steps run the model's own attention over what is kept,
+      with no scoring at all;
+    * ``protects_sinks``: the first ``sink_len`` tokens are always kept (the budget
+      must hold them);
+    * ``uses_values``: the session keeps each token's value L1 norm for :meth:`step_scores`.
+    """
+
+    name: ClassVar[str] = ""
+    uses_attention: ClassVar[bool] = True
+    window: ClassVar[int | None] = None
+    prunes_while_decoding: ClassVar[bool] = True
+    protects_sinks: ClassVar[bool] = False
+    uses_values: ClassVar[bool] = False
 
     @property
     def label(self) -> str:
         return method_label(self.name)
 
-    def prompt_scores(self, sums: torch.Tensor, kv_heads: int, norms: torch.Tensor, sink_len: int) -> torch.Tensor:
-        """Scores of the prompt's tokens: sums (heads, L), norms (kv_heads, L) -> (kv_heads, L).
+    def prompt_scores(self, prompt: Prompt) -> torch.Tensor:
+        """Scores of one row's prompt tokens at one layer: (kv_heads, L), oldest first."""
+        return group_to_kv_heads(prompt.attention, prompt.kv_heads)
 
-        ``sums`` is the attention each key received from the scored queries,
-        per query head; ``norms`` the L1 norms of the value vectors.
-        """
-        return group_to_kv_heads(sums, kv_heads)
+    def step_scores(self, scores: torch.Tensor, step: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
+        """Scores after a decode step, per cache slot: (B, kv_heads, C) each.
 
-    def step_scores(self, scores: torch.Tensor, step: torch.Tensor, norms: torch.Tensor) -> torch.Tensor | None:
-        """Scores after a decode step: scores (kv_heads, K), step and norms (kv_heads, K+1) -> (kv_heads, K+1).
-
-        ``step`` is the new query's attention, oldest token first; the last
-        column is the new token. ``None``: this method prunes nothing while
-        decoding, and the new token is kept.
+        ``scores``: the running scores (the incoming token's slot holds 0, pruned
+        and unused slots -inf); ``step``: the new query's attention, the mean over
+        each GQA group (None where not ``uses_attention``); ``norms``: the value L1
+        norms where ``uses_values``.
         """
         return accumulate(scores, step)
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
-        """The budget for ``ratio``; :meth:`min_ratio` relies on it depending only on ``n = int(ratio * prompt_len)``
-        and on a larger ``n >= 1`` never breaking a budget that works."""
+        """The budget for ``ratio``. It must depend on the ratio only through ``n = int(ratio * prompt_len)``,
+        and a larger ``n >= 1`` must never break a budget that works (:func:`vatp.budget_hint.min_ratio`)."""
         raise NotImplementedError
 
     def checked_budget(self, prompt_len: int, ratio: float, sink_len: int = 0, sinks: bool | None = None) -> Budget:
-        """The budget for this prompt, or a :class:`BudgetError` that says how to fix it.
+        """:meth:`budget`, or a :class:`~vatp.budget_hint.BudgetError` naming the smallest ratio that works."""
+        return budget_hint.checked_budget(self, prompt_len, ratio, sink_len, sinks)
 
-        ``sinks``: whether the ``sink_len`` sinks must fit the heavy budget (default: :attr:`protects_sinks`).
-        """
-        sinks = self.protects_sinks if sinks is None else sinks
-        budget = self.budget(prompt_len, ratio, sink_len)
-        fault = _fault(budget, sink_len, sinks)
-        if fault is None:
-            return budget
-        prompt = f"a {prompt_len}-token prompt"
-        smallest = self.min_ratio(prompt_len, sink_len, sinks, refused=ratio)
-        if smallest is not None:
-            fix = _hint(smallest)
-        elif sink_len and self.min_ratio(prompt_len, 0, sinks) is not None:
-            fix = f"no heavy_ratio <= 1 fits {sink_len} sinks in {prompt}, so lower sink_len"
-        else:
-            fix = f"no heavy_ratio <= 1 works: {prompt} is too short for {self.name}"
-        if fault == "negative":
-            raise BudgetError(f"{self.name}: heavy_ratio {ratio} gives a negative heavy budget ({budget.heavy}) "
-                              f"for {prompt} (the paper's code crashes here); {fix}")
-        if fault == "whole":
-            lower = "" if smallest is None else "lower sink_len or "
-            raise BudgetError(f"{self.name}: sink_len {sink_len} exceeds the whole budget ({budget.total}) for "
-                              f"{prompt}; {lower}{fix}")
-        lower = "" if smallest is None else f"lower sink_len to <= {budget.heavy} or "
-        raise BudgetError(f"{self.name}: sink_len {sink_len} exceeds the heavy budget ({budget.heavy}) for {prompt}, "
-                          f"so the sinks alone overflow it; {lower}{fix}")
-
-    def min_ratio(self, prompt_len: int, sink_len: int = 0, sinks: bool | None = None,
-                  refused: float | None = None) -> float | None:
-        """The smallest float ``r`` such that :meth:`checked_budget` accepts every ratio in ``[r, 1]``.
-
-        ``None`` if it refuses ``1.0``; the smallest positive float if it refuses nothing. Found from
-        the method's own :meth:`budget`, no formula needed: budgets depend on the ratio only through
-        ``n = int(ratio * prompt_len)``, which never decreases as the ratio grows, and a larger
-        ``n >= 1`` never breaks a budget that works (``n == 0`` may work on its own: recent 0 keeps
-        everything). So: gallop then bisect for the smallest ``n >= 1`` that works, then take the
-        smallest float that gives it. ``refused``, a ratio known to be refused, only speeds this up:
-        the search starts above it.
-        """
-        sinks = self.protects_sinks if sinks is None else sinks
-
-        def works(n: int) -> bool:
-            return _fault(self.budget(prompt_len, _ratio_for(n, prompt_len), sink_len), sink_len, sinks) is None
-
-        n = _first(works, max(1, int(refused * prompt_len) + 1) if refused is not None else 1, prompt_len)
-        if n is None:
-            return None
-        return _ratio_for(0 if n == 1 and works(0) else n, prompt_len)
-
-
-def _fault(budget: Budget, sink_len: int, sinks: bool) -> str | None:
-    """Why :meth:`Method.checked_budget` refuses this budget, or ``None``."""
-    if budget.recent < 0:
-        return "whole"
-    if budget.heavy < 0:
-        return "negative"
-    if sinks and sink_len > budget.heavy and budget.recent > 0:
-        return "sinks"
-    return None
-
-
-def _ratio_for(n: int, prompt_len: int) -> float:
-    """The smallest positive float ``r`` with ``int(r * prompt_len) >= n``: ``n / prompt_len``, nudged an ulp or two."""
-    if n == 0:
-        return math.ulp(0.0)
-    r = n / prompt_len
-    while int(math.nextafter(r, 0) * prompt_len) >= n:
-        r = math.nextafter(r, 0)
-    while int(r * prompt_len) < n:
-        r = math.nextafter(r, 1)
-    return r
-
-
-def _first(works, lo: int, hi: int) -> int | None:
-    """The smallest ``n`` in ``[lo, hi]`` with ``works(n)``, for ``works`` False then True there; ``None`` if none.
-
-    Gallops up from ``lo`` (steps 1, 2, 4, ...), then bisects: O(log(answer - lo)) calls.
-    """
-    if lo > hi:
-        return None
-    bad, good, step = lo - 1, lo, 1
-    while not works(good):
-        if good >= hi:
-            return None
-        bad, good, step = good, min(good + step, hi), step * 2
-    while good - bad > 1:
-        mid = (bad + good) // 2
-        bad, good = (bad, mid) if works(mid) else (mid, good)
-    return good
-
-
-def _hint(ratio: float) -> str:
-    """The fix: ``ratio`` exactly (``repr`` round-trips through ``float``), and rounded up to 4 digits if that differs.
-
-    Rounding up keeps the short figure at or above ``ratio``, so it works too.
-    """
-    exact = Decimal(repr(ratio))  # float(up) >= float(exact) == ratio
-    up = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 3), rounding=ROUND_CEILING)
-    short = f"{float(up):.4g}"
-    rounded = "" if float(short) == ratio else f"; heavy_ratio >= {short} rounds it up"
-    return f"use heavy_ratio >= {ratio!r} for this prompt length (the smallest that works{rounded})"
+    def min_ratio(self, prompt_len: int, sink_len: int = 0, sinks: bool | None = None) -> float | None:
+        """The smallest ``heavy_ratio`` :meth:`checked_budget` accepts (:func:`vatp.budget_hint.min_ratio`)."""
+        return budget_hint.min_ratio(self, prompt_len, sink_len, sinks)

@@ -7,22 +7,24 @@ scores a key by the attention of the last 400 prompt queries divided by 400
 rest of a 2 * int(ratio * L) budget to heavy hitters. Decode steps add their
 attention, as H2O's do.
 """
-from ..policy import Budget
-from .base import Method
+from dataclasses import dataclass
 
-WINDOW = 400
-RECENT = 10
+from ..policy import Budget, group_to_kv_heads
+from .base import Method, Prompt
 
 
+@dataclass(frozen=True)
 class Scissorhands(Method):
     name = "scissorhands"
-    query_window = WINDOW
+    window = 400
+    recent: int = 10
 
-    def prompt_scores(self, sums, kv_heads, norms, sink_len):
-        return super().prompt_scores(sums, kv_heads, norms, sink_len) / float(WINDOW)
+    def prompt_scores(self, prompt: Prompt):
+        return group_to_kv_heads(prompt.attention, prompt.kv_heads) / float(self.window)
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
-        return Budget(heavy=int(ratio * prompt_len) * 2 - RECENT, recent=RECENT)
+        return Budget(heavy=int(ratio * prompt_len) * 2 - self.recent, recent=self.recent,
+                      keeps_all=self.recent == 0)
 
 
-METHOD = Scissorhands()
+METHOD = Scissorhands

@@ -2,7 +2,7 @@
 
 Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation",
 NeurIPS 2024. A key's score is the attention it receives from the last
-``WINDOW`` (32) prompt queries, max-pooled over its ``KERNEL`` (7)
+``window`` (32) prompt queries, max-pooled over its ``kernel`` (7)
 neighbouring keys so that the kept tokens come in clusters. The cache keeps
 the best scores of the prompt before the window plus the window itself,
 ``2 * int(ratio * L)`` tokens in all (the budget of the other methods; the
@@ -13,36 +13,36 @@ Pooling is per query head, before the mean over a GQA group. The window's
 own scores are never ranked (it is always kept), so pooling stops at its
 edge.
 """
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
 from ..policy import Budget, group_to_kv_heads
-from .base import Method
-
-WINDOW = 32
-KERNEL = 7
+from .base import Method, Prompt
 
 
+@dataclass(frozen=True)
 class SnapKV(Method):
     name = "snapkv"
-    query_window = WINDOW
+    window = 32
+    prunes_while_decoding = False
+    kernel: int = 7
 
-    def prompt_scores(self, sums, kv_heads, norms, sink_len):
-        prefix = sums.shape[1] - WINDOW  # keys before the window: the ones ranked
+    def prompt_scores(self, prompt: Prompt):
+        sums = prompt.attention
+        prefix = sums.shape[1] - self.window  # keys before the window: the ones ranked
         if prefix > 0:
             sums = sums.clone()
-            sums[:, :prefix] = pool(sums[:, :prefix])
-        return group_to_kv_heads(sums, kv_heads)
-
-    def step_scores(self, scores, step, norms):
-        return None  # no pruning while decoding
+            sums[:, :prefix] = pool(sums[:, :prefix], self.kernel)
+        return group_to_kv_heads(sums, prompt.kv_heads)
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
-        return Budget(heavy=2 * int(ratio * prompt_len) - WINDOW, recent=WINDOW)
+        return Budget(heavy=2 * int(ratio * prompt_len) - self.window, recent=self.window)
 
 
-def pool(scores):
-    """Max over each key's ``KERNEL`` neighbours, ``KERNEL // 2`` on each side: (heads, n) -> (heads, n)."""
-    return F.max_pool1d(scores[:, None], KERNEL, stride=1, padding=KERNEL // 2)[:, 0]
+METHOD = SnapKV
 
 
-METHOD = SnapKV()
+def pool(scores, kernel: int):
+    """Max over each key's ``kernel`` neighbours, ``kernel // 2`` on each side: (heads, n) -> (heads, n)."""
+    return F.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]

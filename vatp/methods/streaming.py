@@ -6,21 +6,28 @@ commented-out line); this project adds it as the score-free baseline. It
 keeps the same total as H2O, 2 * int(ratio * L): the first ``sink_len``
 tokens and the newest ones. No attention is scored.
 """
+from dataclasses import dataclass
+
 from ..policy import Budget, protect_sinks
-from .base import Method
+from .base import Method, Prompt
 
 
+@dataclass(frozen=True)
 class StreamingLLM(Method):
     name = "streaming"
-    query_window = 0  # no prompt query is scored: only the sinks rank
+    uses_attention = False  # only the sinks rank
     protects_sinks = True
 
-    def prompt_scores(self, sums, kv_heads, norms, sink_len):
-        return protect_sinks(super().prompt_scores(sums, kv_heads, norms, sink_len), sink_len)
+    def prompt_scores(self, prompt: Prompt):
+        scores = prompt.key.new_zeros(prompt.kv_heads, prompt.key.shape[2], dtype=prompt.score_dtype)
+        return protect_sinks(scores, prompt.sink_len)
+
+    def step_scores(self, scores, step, norms):
+        return scores  # the sinks keep their rank; the window slides by position alone
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         total = 2 * int(ratio * prompt_len)
         return Budget(heavy=sink_len, recent=total - sink_len)
 
 
-METHOD = StreamingLLM()
+METHOD = StreamingLLM

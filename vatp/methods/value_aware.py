@@ -9,30 +9,34 @@ but carry small values, so the product would drop them).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..names import method_label
 from ..policy import Budget, protect_sinks
-from .base import Method
+from .base import Method, Prompt
 
 
+@dataclass(frozen=True)
 class ValueAware(Method):
     """``inner``'s scores weighted by value L1 norms, with the sinks protected; ``inner``'s budget."""
 
+    inner: Method
     protects_sinks = True
+    uses_values = True
 
-    def __init__(self, inner: Method):
-        self.inner = inner
-        self.name = inner.name
-        self.query_window = inner.query_window
+    def __post_init__(self):
+        for setting in ("name", "uses_attention", "window", "prunes_while_decoding"):
+            object.__setattr__(self, setting, getattr(self.inner, setting))
 
     @property
     def label(self) -> str:
         return method_label(self.name, apval=True)
 
-    def prompt_scores(self, sums, kv_heads, norms, sink_len):
-        return protect_sinks(self.inner.prompt_scores(sums, kv_heads, norms, sink_len) * norms, sink_len)
+    def prompt_scores(self, prompt: Prompt):
+        return protect_sinks(self.inner.prompt_scores(prompt) * prompt.value_norms, prompt.sink_len)
 
     def step_scores(self, scores, step, norms):
-        return self.inner.step_scores(scores, step * norms, norms)
+        return self.inner.step_scores(scores, None if step is None else step * norms, norms)
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         return self.inner.budget(prompt_len, ratio, sink_len)

@@ -1,0 +1,86 @@
+"""A layer's pruning state in cache coordinates, shared by both backends.
+
+Every quantity is one entry per cache slot, (B, kv_heads, C): the slot's
+token's score, its value norm, its absolute position in its row, and
+whether the next step attends it. The policy decides over these
+(``vatp/policy.py``); a backend only says where the next token's slot is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..policy import Budget, Limits
+
+
+@dataclass
+class Slots:
+    """One layer's pruning state for a batch, one entry per cache slot.
+
+    scores (B, kv_heads, C) in the score dtype, -inf where no kept token is; None once a method
+        that prunes nothing while decoding has decided the prompt.
+    norms (B, kv_heads, C) value L1 norms, for methods that use values; else None.
+    positions (B, kv_heads | 1, C) int64: the position of each slot's token in its row
+        (``policy.NO_POSITION`` for padding and unused slots).
+    attended (B, kv_heads, C) bool: the slots of the tokens kept for the next step (its
+        incoming token's slot is added when it comes); None: every slot (no mask needed).
+    cached (B, 1, 1) int64: the tokens each row has seen, K (pruned ones included).
+    budgets: each row's budget at this layer; limits: the same as tensors.
+    """
+
+    scores: torch.Tensor | None
+    norms: torch.Tensor | None
+    positions: torch.Tensor
+    attended: torch.Tensor | None
+    cached: torch.Tensor
+    budgets: list[Budget]
+    limits: Limits
+
+
+    # -- in token order, for inspection (each call syncs with the device) -------------------------
+    def token_mask(self, row: int = 0) -> torch.Tensor:
+        """(kv_heads, K + 1) bool over row ``row``'s tokens in order: those the next step attends, the
+        incoming one (column K) included. The paper's code's mask."""
+        index, cached = self._token_index(row, kept=True)
+        mask = torch.zeros(index.shape[0], cached + 2, dtype=torch.bool, device=index.device)
+        mask = mask.scatter_(1, index, True)[:, :cached + 1]
+        mask[:, cached] = True
+        return mask
+
+    def token_values(self, values: torch.Tensor, row: int = 0, fill: float = 0.0) -> torch.Tensor:
+        """(kv_heads, K) ``values`` (B, kv_heads, C), e.g. ``scores`` or ``norms``, of row ``row``'s tokens in
+        order, pruned ones included where a slot still holds them; ``fill`` for the others (evicted)."""
+        index, cached = self._token_index(row, kept=False)
+        return values.new_full((index.shape[0], cached + 2), fill).scatter_(1, index, values[row])[:, :cached]
+
+    def kept_positions(self, row: int = 0) -> list[list[int]]:
+        """Per KV head, the positions of row ``row``'s tokens kept for the next step, in order."""
+        return [p.nonzero().flatten().tolist() for p in self.token_mask(row)[:, :-1]]
+
+    def _token_index(self, row: int, kept: bool) -> tuple[torch.Tensor, int]:
+        """(kv_heads, C) each slot's column in a (kv_heads, K + 2) row in token order: its token's position
+        where it holds a token (a kept one if ``kept``), else the spare last column; and K."""
+        cached = int(self.cached[row])
+        heads = (self.positions if self.attended is None else self.attended).shape[1]
+        positions = self.positions[row].expand(heads, -1)
+        held = positions >= 0
+        if kept and self.attended is not None:
+            held = held & self.attended[row]
+        return torch.where(held, positions, cached + 1), cached
+
+
+def append_slot(state: Slots, new_norms: torch.Tensor | None) -> None:
+    """Give the incoming token a new slot at the end: attended, score 0, its position (``cached``) and value norm.
+
+    new_norms (B, kv_heads, 1) or None. A method that decides nothing while decoding has no scores
+    to extend (and no mask either where every slot is attended).
+    """
+    if state.attended is not None:
+        state.attended = torch.cat([state.attended, state.attended.new_ones(*state.attended.shape[:2], 1)], dim=-1)
+    state.positions = torch.cat([state.positions, state.cached.expand(-1, state.positions.shape[1], 1)], dim=-1)
+    if state.scores is None:
+        return
+    state.scores = torch.cat([state.scores, state.scores.new_zeros(*state.scores.shape[:2], 1)], dim=-1)
+    if new_norms is not None:
+        state.norms = torch.cat([state.norms, new_norms], dim=-1)
