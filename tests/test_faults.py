@@ -611,3 +611,147 @@ def test_pred_on_a_read_only_tmpfs(data, one_model, tiny_fs, capsys):
     assert one_error_line(capsys) == (f"pred.py: error: {save}/{MODEL}/run_samsum.lock: Read-only file system; "
                                       "make that folder writable, or use another --save")
     assert snapshot(save) == before
+
+
+# --- issue 28: hostile files and flags --------------------------------------------------------
+# Every case: the input, the exit status or error, the one line, and the folder before and after.
+
+def tree(folder: Path) -> dict:
+    """Every entry under ``folder``: a file's bytes, a link's target (never followed), or "folder"."""
+    entries = {}
+    for path in sorted(Path(folder).rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            entries[key] = ("link", os.readlink(path))
+        elif path.is_dir():
+            entries[key] = "folder"
+        else:
+            entries[key] = path.read_bytes()
+    return entries
+
+
+def planted(link: Path, target: Path) -> Path:
+    """A symbolic link at ``link`` to ``target``, as another user of a shared --save could make it."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return link
+
+
+def link_line(link: Path, target: Path) -> str:
+    return f"{link}: a symbolic link to {target} where the run keeps a file of its own"
+
+
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """A file of the user's that a planted link points at: one line without its newline (a 'partial line')."""
+    path = tmp_path / "victim" / "notes.txt"
+    path.parent.mkdir()
+    path.write_bytes(b"my notes, no newline at the end")
+    return path
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to a file", "dangling"])
+def test_a_linked_lock_file_is_refused_and_never_written(tmp_path, victim, dangling):
+    out = tmp_path / "save" / "model"
+    target = tmp_path / "victim" / "new.txt" if dangling else victim
+    link = planted(run_lock_path(out, DS), target)
+    before = tree(tmp_path)
+    with pytest.raises(RunIOError) as err:
+        lock(out).__enter__()
+    assert str(err.value).startswith(link_line(link, target)) and "delete the link" in str(err.value)
+    assert tree(tmp_path) == before  # the target neither truncated nor created
+
+
+def test_a_linked_part_file_is_refused_by_the_writer_the_merge_and_the_checks(tmp_path, victim):
+    """The issue's case: a part file linked to a one-line file was truncated ("an incomplete last line"),
+    appended to, then removed by the merge."""
+    out = tmp_path / "save" / "model"
+    step_start(out)
+    link = planted(part_path(out, DS, 0, 1), victim)
+    before = tree(tmp_path)
+    for attempt in (lambda: PredictionWriter(out, DS).__enter__(), lambda: step_merge(out),
+                    lambda: prediction_files.repair(link),
+                    lambda: runs.check_run(out, DS, ARGS, model_path="meta-llama/Llama-2-7b-chat-hf")):
+        with pytest.raises(RunIOError) as err:
+            attempt()
+        assert str(err.value).startswith(link_line(link, victim))
+        assert tree(tmp_path) == before
+
+
+def test_a_linked_parts_folder_is_refused_before_its_files_are_touched(tmp_path):
+    out, elsewhere = tmp_path / "save" / "model", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "part-0-of-1.jsonl").write_text("someone's file\n")
+    step_start(out)
+    link = planted(out / f"{DS}.parts", elsewhere)
+    before = tree(tmp_path)
+    for attempt in (lambda: PredictionWriter(out, DS).__enter__(), lambda: step_merge(out),
+                    lambda: runs.remove_predictions(out, DS),
+                    lambda: runs.check_run(out, DS, ARGS, model_path="m", overwrite=True)):
+        with pytest.raises(RunIOError) as err:
+            attempt()
+        assert str(err.value).startswith(link_line(link, elsewhere))
+        assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["run_qasper.json", "qasper.jsonl"])
+def test_a_linked_record_or_final_file_is_refused_before_it_is_read(tmp_path, victim, name):
+    out = tmp_path / "save" / "model"
+    link = planted(out / name, victim)
+    before = tree(tmp_path)
+    with pytest.raises(RunIOError) as err:
+        runs.check_run(out, DS, ARGS, model_path="m")
+    assert str(err.value).startswith(link_line(link, victim))
+    assert tree(tmp_path) == before
+
+
+def test_a_temp_file_is_never_opened_through_a_link(tmp_path, victim, monkeypatch):
+    """The temp file's random name cannot be guessed; made guessable here, a link there is refused."""
+    monkeypatch.setattr(prediction_files.secrets, "token_hex", lambda n: "0123abcd")
+    target = run_record_path(tmp_path, DS)
+    link = planted(tmp_path / f".{target.name}.{prediction_files.HOST}.{os.getpid()}.0123abcd.tmp", victim)
+    before = tree(tmp_path)
+    with pytest.raises(RunIOError) as err:
+        prediction_files.atomic_write_bytes(target, b"{}")
+    assert str(err.value).startswith(link_line(link, victim))
+    assert tree(tmp_path) == before
+
+
+def test_pred_refuses_a_linked_lock_or_part_file_in_one_line(data, tmp_path, victim, capsys):
+    out = tmp_path / "save" / MODEL
+    for link in (run_lock_path(out, "samsum"), part_path(out, "samsum", 0, 1)):
+        planted(link, victim)
+        before = tree(tmp_path)
+        assert pred.main(argv(data, tmp_path / "save")) == 2
+        assert one_error_line(capsys).startswith(f"pred.py: error: {link_line(link, victim)}")
+        assert tree(tmp_path) == before
+        link.unlink()
+
+
+def test_a_repeated_id_is_renamed_to_an_unused_one(tmp_path, caplog):
+    """The issue's ids x#2, x, x: the third became x#2, taken by the first, and was never predicted."""
+    samples = [{"_id": "x#2"}, {"_id": "x"}, {"_id": "x"}]
+    ids = runs.sample_ids(samples)
+    assert ids == ["x#2", "x", "x#2#1"]
+    assert "sample 2 repeats _id 'x'; it is identified as 'x#2#1'" in caplog.text
+    chain = [{"_id": "x"}, {"_id": "x"}, {"_id": "x#1"}, {"_id": "x"}, {}, {"_id": "#4"}]
+    assert runs.sample_ids(chain) == ["x", "x#1", "x#1#2", "x#3", "#4", "#4#5"]
+    assert all(runs.sample_ids(chain[:k]) == runs.sample_ids(chain)[:k] for k in range(len(chain)))  # --limit
+    with PredictionWriter(tmp_path, DS) as writer:
+        for i, sid in enumerate(ids):
+            writer.write(prediction_record("p", sample(i), i, sid))
+    assert merge_parts(final_path(tmp_path, DS), part_paths(tmp_path, DS)) == 3
+
+
+def test_run_record_with_args_not_an_object_is_refused(tmp_path):
+    step_start(tmp_path)
+    step_append(tmp_path, done=1)
+    path = run_record_path(tmp_path, DS)
+    record = json.loads(path.read_text())
+    record["sessions"][-1]["args"] = [1, 2]
+    path.write_text(json.dumps(record))
+    before = tree(tmp_path)
+    with pytest.raises(RunIOError) as err:
+        step_start(tmp_path)
+    assert str(err.value).startswith(f"{path}: the last session's \"args\" is not an object; restore it")
+    assert tree(tmp_path) == before

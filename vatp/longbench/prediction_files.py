@@ -21,11 +21,18 @@ folder) leaves the files exactly as they were before the call, and the OSError
 it raises names the file (``OSError.filename``), also for errors of ``write``
 and ``fsync``, which carry no name of their own.
 
+Links: a run never follows a symbolic link it did not make. Every file it opens
+for writing (lock, part, temp file) is opened with ``O_NOFOLLOW``, and a link
+where one of its files or its parts folder belongs is refused with RunIOError
+(``refuse_links``): in a shared, group-writable ``--save``, anyone could
+otherwise point a run's file at any file the user can write.
+
 This module imports nothing from vatp (nor torch): it is the bottom layer.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -45,6 +52,34 @@ class RunIOError(Exception):
     """A prediction file or run record cannot be used as is; the message says what to do."""
 
 
+def link_error(path: Path) -> RunIOError:
+    """The refusal of a symbolic link at ``path``, where a run keeps a file (or folder) of its own."""
+    try:
+        target = f" to {os.readlink(path)}"
+    except OSError:  # gone meanwhile
+        target = ""
+    return RunIOError(f"{path}: a symbolic link{target} where the run keeps a file of its own; runs follow no "
+                      "link they did not make (in a shared folder, one could make them overwrite any file you can "
+                      "write): delete the link, or use another output folder")
+
+
+def refuse_links(paths: Iterable[Path | str]) -> None:
+    """RunIOError naming the first of ``paths`` that is a symbolic link (a dangling one included)."""
+    for path in map(Path, paths):
+        if path.is_symlink():
+            raise link_error(path)
+
+
+def open_no_link(path: Path | str, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` with ``O_NOFOLLOW``: a symbolic link at ``path`` is refused (``link_error``), never opened."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as err:  # ELOOP: a link; EEXIST: a link where O_EXCL creates
+        if err.errno in (errno.ELOOP, errno.EEXIST) and os.path.islink(path):
+            raise link_error(Path(path)) from None
+        raise
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Replace ``path`` by ``data`` whole: a reader (or a crash) sees the old file or the new one.
 
@@ -58,7 +93,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     created = False
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = open_no_link(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         created = True
         try:
             _write_all(fd, data)
@@ -126,7 +161,9 @@ def sample_ids(samples: Iterable[Mapping]) -> list[str]:
     """The identity of each sample: LongBench's ``_id``, or ``#{index}`` where it has none.
 
     A repeated ``_id`` gets ``#{index}`` appended (with a warning), so two samples are
-    never taken for one, which would skip the second as already done.
+    never taken for one, which would skip the second as already done; where that id is
+    taken too, the first free one of ``#{index}#1``, ``#{index}#2``, ... An id depends
+    only on the samples before it, so a larger ``--limit`` keeps the ids already given.
     """
     ids: list[str] = []
     seen: set[str] = set()
@@ -134,11 +171,21 @@ def sample_ids(samples: Iterable[Mapping]) -> list[str]:
         sid = sample.get("_id")
         sid = f"#{index}" if sid in (None, "") else str(sid)
         if sid in seen:
-            log.warning("sample %d repeats _id %r; it is identified as %r", index, sid, f"{sid}#{index}")
-            sid = f"{sid}#{index}"
+            renamed = _unused(f"{sid}#{index}", seen)
+            log.warning("sample %d repeats _id %r; it is identified as %r", index, sid, renamed)
+            sid = renamed
         seen.add(sid)
         ids.append(sid)
     return ids
+
+
+def _unused(sid: str, seen: set[str]) -> str:
+    """``sid``, or the first of ``sid#1``, ``sid#2``, ... that is not in ``seen``."""
+    candidate, k = sid, 0
+    while candidate in seen:
+        k += 1
+        candidate = f"{sid}#{k}"
+    return candidate
 
 
 def prediction_record(pred: str, sample: Mapping, index: int, sid: str) -> dict:
@@ -218,9 +265,12 @@ def repair(path: Path | str) -> int:
     _, _, end, size = _scan(path)
     if end < size:
         log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run", path, size - end)
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            os.fsync(f.fileno())
+        fd = open_no_link(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return size - end
 
 
@@ -254,20 +304,21 @@ def open_locked(path: Path | str, flags: int) -> int | None:
 
     The kernel releases the lock when its holder closes the file or dies, even by SIGKILL.
     A holder may delete the file before it closes it: a process that locked the deleted
-    file meanwhile sees that the path no longer leads to it, and tries again.
+    file meanwhile sees that the path no longer leads to it, and tries again. A symbolic
+    link at ``path`` is refused (``link_error``), never followed.
     """
     path = Path(path)
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(path, flags | os.O_CREAT, 0o666)
+            fd = open_no_link(path, flags | os.O_CREAT)
         except FileNotFoundError:  # the folder was removed after the mkdir: make it again
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             held = os.fstat(fd)
             try:
-                now = os.stat(path)
+                now = os.stat(path, follow_symlinks=False)
             except FileNotFoundError:
                 now = None
         except BaseException as err:
@@ -300,7 +351,8 @@ class PredictionWriter:
     On entry it locks the part file, cuts off an incomplete last line, and sets ``done``:
     the ids predicted in the final file or in any part file, whatever number of
     processes wrote them. ``write`` adds to ``done``. On exit a part file that holds no
-    prediction is deleted, so that no empty part file is left behind.
+    prediction is deleted, so that no empty part file is left behind. A symbolic link
+    as the parts folder or the part file is refused.
     """
 
     def __init__(self, out_dir: Path | str, dataset: str, rank: int = 0, world: int = 1):
@@ -312,6 +364,7 @@ class PredictionWriter:
         self._size = 0
 
     def __enter__(self) -> PredictionWriter:
+        refuse_links([self.path.parent])
         fd = open_locked(self.path, os.O_WRONLY | os.O_APPEND)
         if fd is None:
             raise RunIOError(_busy(self.path))
@@ -376,15 +429,17 @@ def merge_parts(final: Path | str, parts: Sequence[Path | str]) -> int:
     file, then ``parts`` in order) and sorted by ``index``, so the result does not depend on
     how many processes wrote them. The final file is replaced atomically, then the parts
     are deleted. Call it on one process after every writer has closed (a barrier): a part
-    still locked by a writer raises RunIOError.
+    still locked by a writer raises RunIOError, and so does a symbolic link as a part or
+    its folder.
     """
     final, parts = Path(final), [Path(p) for p in parts]
+    refuse_links({part.parent for part in parts})
     by_id: dict[str, tuple[int, bytes]] = {}
     id_at: dict[int, str] = {}
     with contextlib.ExitStack() as stack:
         for part in parts:  # hold every part's lock, so no writer starts or runs during the merge
             try:
-                fd = os.open(part, os.O_RDONLY)
+                fd = open_no_link(part, os.O_RDONLY)
             except FileNotFoundError:  # an empty part its writer deleted
                 continue
             stack.callback(os.close, fd)
@@ -414,6 +469,7 @@ def merge_parts(final: Path | str, parts: Sequence[Path | str]) -> int:
 
 def remove_predictions(out_dir: Path | str, dataset: str) -> list[Path]:
     """Delete the final file and every part file of ``dataset``; return what was deleted."""
+    refuse_links([parts_dir(out_dir, dataset)])  # else its glob would delete files of the link's target
     removed = [p for p in [final_path(out_dir, dataset), *part_paths(out_dir, dataset)] if p.exists()]
     for path in removed:
         path.unlink()

@@ -8,11 +8,14 @@ never overwrite each other's record)::
      "settings": {...},                  # compared on every rerun, plus model_path
      "sessions": [{"started": "2024-06-01T12:00:00+00:00", "finished": null | "...",
                    "num_processes": 2, "args": {...},   # settings not compared
-                   "versions": {"python": ..., "torch": ..., ...}, "count": null | 200}]}
+                   "versions": {"python": ..., "torch": ..., ...}, "samples": 224,
+                   "count": null | 200}]}
 
 A session is one pred.py invocation: a resumed run appends one, so the record tells
 which versions and how many processes wrote which part. ``finished`` stays null for
-a session that was killed. ``count`` is the number of predictions in the final file.
+a session that was killed. ``samples`` is the number of samples in the dataset (before
+``--limit``; absent in records older than it), ``count`` the number of predictions in
+the final file.
 
 One owner per dataset: a run holds ``RunLock`` (``run_{dataset}.lock``, an exclusive
 flock) from before it reads the record until it ends, so the record always describes
@@ -52,8 +55,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .prediction_files import (HOST, LONGBENCH_KEYS, PredictionWriter, RunIOError, atomic_write_bytes, check_predictions,
-                    done_ids, final_path, merge_parts, open_locked, part_path, part_paths, pid_alive,
-                    prediction_record, remove_predictions, repair, sample_ids, shard_indices)
+                               done_ids, final_path, merge_parts, open_locked, part_path, part_paths, parts_dir,
+                               pid_alive, prediction_record, refuse_links, remove_predictions, repair, sample_ids,
+                               shard_indices)
 
 __all__ = ["LONGBENCH_KEYS", "UNCOMPARED", "PredictionWriter", "RunIOError", "RunLock", "RunLockedError", "RunPlan",
            "SettingsMismatchError", "atomic_write_bytes", "begin_run", "check_predictions", "check_run", "done_ids",
@@ -175,6 +179,8 @@ def _record_problem(record: Any, dataset: str) -> str | None:
         return '"sessions" is not a non-empty list of objects'
     if not isinstance(sessions[-1].get("versions"), dict):
         return 'the last session has no "versions" object'
+    if not isinstance(sessions[-1].get("args", {}), dict):
+        return 'the last session\'s "args" is not an object'
     return None
 
 
@@ -307,8 +313,12 @@ def check_run(out_dir: Path | str, dataset: str, settings: Mapping, *, model_pat
     Unless ``overwrite`` (which deletes them in begin_run), existing predictions must have a
     valid record with the same compared settings (else SettingsMismatchError or RunIOError),
     no damaged line, and, given the dataset's ``ids``, the same sample at each index.
+    A symbolic link as the record, the final file, the parts folder or a part file is
+    refused (RunIOError), with ``overwrite`` too: the run never follows one.
     """
     out_dir = Path(out_dir)
+    refuse_links([run_record_path(out_dir, dataset), final_path(out_dir, dataset), parts_dir(out_dir, dataset),
+                  *part_paths(out_dir, dataset)])
     settings = _jsonable(settings)
     compared = _compared(settings, model_path, uncompared)
     new = {"dataset": dataset, "settings": compared, "sessions": []}
@@ -326,11 +336,13 @@ def check_run(out_dir: Path | str, dataset: str, settings: Mapping, *, model_pat
     return dataclasses.replace(plan, record=record)
 
 
-def begin_run(plan: RunPlan, num_processes: int = 1) -> dict:
+def begin_run(plan: RunPlan, num_processes: int = 1, samples: int | None = None) -> dict:
     """Write what check_run planned: delete the old predictions if asked, then record a new session.
 
-    Call on rank 0, before any process opens a PredictionWriter (then a barrier).
-    Returns the record written. If writing it fails, the record on disk is unchanged.
+    ``samples``: the number of samples in the dataset, before ``--limit`` (eval.py reads it to
+    tell a subset from the whole dataset). Call on rank 0, before any process opens a
+    PredictionWriter (then a barrier). Returns the record written. If writing it fails, the
+    record on disk is unchanged.
     """
     out_dir, dataset = plan.out_dir, plan.dataset
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -341,7 +353,7 @@ def begin_run(plan: RunPlan, num_processes: int = 1) -> dict:
     if record["sessions"] and (changed := _diff(record["sessions"][-1]["versions"], versions)):
         log.warning("resuming %s with other versions than the previous session: %s", dataset, _changes(changed))
     record["sessions"].append({"started": _utc_now(), "finished": None, "num_processes": num_processes,
-                               "args": plan.args, "versions": versions, "count": None})
+                               "args": plan.args, "versions": versions, "samples": samples, "count": None})
     _write_record(out_dir, record)
     return record
 
