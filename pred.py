@@ -21,15 +21,19 @@ import importlib.util
 import sys
 import time
 import warnings
+from typing import TYPE_CHECKING, NamedTuple
 
 import vatp  # its names load lazily: no torch import yet
 from vatp import names
 from vatp.longbench import runs
-from vatp.longbench.data import (DataError, UsageError, config_dir, default_datasets, load_samples, read_config,
-                                 resolve_model, seed_everything)
+from vatp.longbench.data import (DataError, UsageError, dataset_configs, default_datasets, load_samples, resolve_model,
+                                 seed_everything)
 from vatp.longbench.models import default_dtype, load_model_config, load_tokenizer
 from vatp.longbench.prompts import cut_at_stop, decode, encode_prompt, generation_kwargs, left_pad, post_process
 from vatp.support import UnsupportedError
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 
 def parse_args(argv=None):
@@ -130,90 +134,172 @@ def main(argv=None) -> int:
 
 def kept_predictions(args) -> str:
     """How many predictions the datasets of this run hold on disk, for the Ctrl-C line."""
-    out_dir = f"{args.save}/{args.model}"
+    folder = out_dir(args)
     try:
         names = dict.fromkeys(args.datasets or default_datasets(args.e))
-        count = sum(len(runs.done_ids([runs.final_path(out_dir, name), *runs.part_paths(out_dir, name)]))
+        count = sum(len(runs.done_ids([runs.final_path(folder, name), *runs.part_paths(folder, name)]))
                     for name in names)
     except (runs.RunIOError, UsageError, OSError):
-        return f"the predictions made so far are kept in {out_dir}"
-    return f"{count} prediction{'s' * (count != 1)} kept in {out_dir}"
+        return f"the predictions made so far are kept in {folder}"
+    return f"{count} prediction{'s' * (count != 1)} kept in {folder}"
+
+
+def out_dir(args) -> str:
+    """Where the run's predictions and records go: SAVE/MODEL."""
+    return f"{args.save}/{args.model}"
 
 
 def run(args) -> int:
-    # 1. Everything that needs no torch: config entries and data (fails in a fraction of a second).
-    path, max_length = resolve_model(args.model)
-    prompts, max_new = read_config("dataset2prompt"), read_config("dataset2maxlen")
-    datasets = args.datasets or default_datasets(args.e)
-    for name in datasets:
-        if name not in prompts or name not in max_new:
-            raise UsageError(f"dataset {name!r} has no prompt/maxlen in {config_dir()}/dataset2prompt.json "
-                             "and dataset2maxlen.json; add them or pick another")
-    data = {name: load_samples(name, args.e, args.data_dir)[: args.limit] for name in datasets}
+    """Resolve everything (no writes, no model), claim the datasets (rank 0), load the model, predict."""
+    job = resolve(args)
+    with contextlib.ExitStack() as locks:  # rank 0 holds each dataset's lock until the run ends
+        plans = claim(args, job, locks)
+        model, tokenizer = load(args, job)
+        predict(args, job, model, tokenizer, plans)
+    return 0
 
-    # 2. The model's config, then every prompt and its cache budget, before the slow model load (every
-    #    rank checks all samples, so that all fail alike).
+
+class Inputs(NamedTuple):
+    """What the flags name, read and checked without torch (in a fraction of a second)."""
+
+    model_path: str
+    max_length: int  # prompt tokens (model2maxlen)
+    prompts: dict[str, str]  # dataset -> prompt template (dataset2prompt)
+    max_new: dict[str, int]  # dataset -> tokens to generate (dataset2maxlen)
+    samples: dict[str, list[dict]]  # dataset -> its samples, cut to --limit
+    sizes: dict[str, int]  # dataset -> its number of samples before --limit (for the run record)
+
+
+class Job(NamedTuple):
+    """A run, resolved before the model loads: the inputs, every prompt, and where and how it runs."""
+
+    inputs: Inputs
+    encoded: dict[str, list]  # dataset -> each sample's prompt ids (1, n)
+    config: vatp.VatpConfig | None  # its scoring settled; None: the full cache
+    state: PartialState  # accelerate's: this process's rank, the number of processes
+    device: str
+    dtype: str
+
+
+def read_inputs(args) -> Inputs:
+    """The model's path and prompt limit, the datasets' configs and samples; no torch."""
+    path, max_length = resolve_model(args.model)
+    datasets = args.datasets or default_datasets(args.e)
+    prompts, max_new = dataset_configs(datasets)
+    everything = {name: load_samples(name, args.e, args.data_dir) for name in datasets}
+    samples = {name: whole[: args.limit] for name, whole in everything.items()}
+    return Inputs(path, max_length, prompts, max_new, samples, {name: len(whole) for name, whole in everything.items()})
+
+
+def resolve(args) -> Job:
+    """The inputs, then every prompt and its cache budget (every rank checks all samples, so that all fail
+    alike), the device, dtype and scoring: all checked before the model loads, and nothing written."""
+    inputs = read_inputs(args)
     import torch
     from accelerate import PartialState
 
-    config = None
-    if args.heavy_ratio < 1.0:
-        try:
-            config = vatp.VatpConfig(heavy_ratio=args.heavy_ratio, method=method_name(args), apval=args.apval,
-                                     sink_len=args.sink_len, backend=args.backend, scoring=args.scoring,
-                                     score_dtype=args.score_dtype)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-    model_config = load_model_config(path, args.trust_remote_code)
-    tokenizer = load_tokenizer(path, args.trust_remote_code)
-    encoded = {name: encode_dataset(args, name, samples, tokenizer, prompts[name], max_length, config)
-               for name, samples in data.items()}
-
-    # 3. Device, dtype and scoring; then rank 0 takes each dataset's lock for the whole run and checks its
-    #    predictions and run record (refusing another run, other settings, damaged files), writing nothing;
-    #    the model. A dataset's record gains its session only when its predictions start.
+    check_device(args.device)
+    config = vatp_config(args)
+    model_config = load_model_config(inputs.model_path, args.trust_remote_code)
+    tokenizer = load_tokenizer(inputs.model_path, args.trust_remote_code)
+    encoded = {name: encode_dataset(args, name, samples, tokenizer, inputs.prompts[name], inputs.max_length, config)
+               for name, samples in inputs.samples.items()}
     cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)  # gloo on CPU when launched with several processes
     device = args.device or str(state.device)
     dtype = args.dtype or default_dtype(args.model, model_config)
     if config is not None:
-        check_attention_window(args, model_config, encoded, max_new)
+        check_attention_window(args, model_config, encoded, inputs.max_new)
         config = dataclasses.replace(config, scoring=settle_scoring(args, config, model_config, encoded, device, dtype))
-    out_dir = f"{args.save}/{args.model}"
-    with contextlib.ExitStack() as locks:
-        plans = {}
-        if state.is_main_process:
-            # runio compares every setting but device(_map), limit, save, data_dir, datasets, overwrite and
-            # trust_remote_code.
-            resolved = config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring,
-                                                 score_dtype=args.score_dtype)
-            settings = {**vars(args), "dtype": dtype, "scoring": resolved.resolved_scoring,
-                        "score_dtype": resolved.score_dtype_name(getattr(torch, dtype))}
-            for name in data:
-                locks.enter_context(runs.RunLock(out_dir, name, settings, model_path=path, summary=describe(args)))
-            plans = {name: runs.check_run(out_dir, name, settings, model_path=path, overwrite=args.overwrite,
-                                           ids=runs.sample_ids(samples)) for name, samples in data.items()}
-        state.wait_for_everyone()
+    return Job(inputs, encoded, config, state, device, dtype)
 
-        from vatp.longbench.models import ModelLoadError, load_model_and_tokenizer
 
-        seed_everything()
-        try:
-            model, tokenizer = load_model_and_tokenizer(path, dtype, device, args.device_map,
-                                                        trust_remote_code=args.trust_remote_code)
-        except ModelLoadError as err:
-            raise UsageError(str(err)) from None
-        print(f"pred.py: rank {state.process_index} of {state.num_processes}: {args.model} on {model.device} "
-              f"({dtype}, {describe(args)})", file=sys.stderr, flush=True)
-        session = vatp.enable(model, config) if config is not None else None
-        try:
-            for name, samples in data.items():
-                predict_dataset(args, name, samples, encoded[name], model, tokenizer, session, max_new[name],
-                                out_dir, state, plans.get(name))
-        finally:
-            if session is not None:
-                vatp.disable(model)
-    return 0
+def check_device(name: str | None) -> None:
+    """Refuse a --device that torch does not know, or does not find on this machine."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)
+    available = backend is not None and getattr(backend, "is_available", lambda: False)()
+    count = getattr(backend, "device_count", lambda: 1)() if available else 0
+    if count == 0:
+        raise UsageError(f"--device {name}: torch {torch.__version__} finds no {device.type} device on this "
+                         "machine; use --device cpu, or leave --device out")
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"--device {name}: this machine has {count} {device.type} device(s), numbered from 0; "
+                         "pick one of them")
+
+
+def vatp_config(args):
+    """The pruning settings the flags give (checked), or None for the full cache (--heavy_ratio 1)."""
+    if args.heavy_ratio >= 1.0:
+        return None
+    try:
+        return vatp.VatpConfig(heavy_ratio=args.heavy_ratio, method=method_name(args), apval=args.apval,
+                               sink_len=args.sink_len, backend=args.backend, scoring=args.scoring,
+                               score_dtype=args.score_dtype)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def claim(args, job: Job, locks: contextlib.ExitStack) -> dict:
+    """Rank 0 takes each dataset's lock (into ``locks``, for the whole run) and checks its predictions and run
+    record, refusing another run, other settings or damaged files, and writing nothing. Returns rank 0's plans
+    ({} on the other ranks). A dataset's record gains its session only when its predictions start."""
+    plans = {}
+    if job.state.is_main_process:
+        settings = run_settings(args, job)
+        for name in job.inputs.samples:
+            locks.enter_context(runs.RunLock(out_dir(args), name, settings, model_path=job.inputs.model_path,
+                                             summary=describe(args)))
+        plans = {name: runs.check_run(out_dir(args), name, settings, model_path=job.inputs.model_path,
+                                      overwrite=args.overwrite, ids=runs.sample_ids(samples))
+                 for name, samples in job.inputs.samples.items()}
+    job.state.wait_for_everyone()
+    return plans
+
+
+def run_settings(args, job: Job) -> dict:
+    """Every flag, with the dtype, scoring and score dtype actually used. runs compares all of them but
+    device(_map), limit, save, data_dir, datasets, overwrite, batch_size and trust_remote_code."""
+    import torch
+
+    resolved = job.config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring, score_dtype=args.score_dtype)
+    return {**vars(args), "dtype": job.dtype, "scoring": resolved.resolved_scoring,
+            "score_dtype": resolved.score_dtype_name(getattr(torch, job.dtype))}
+
+
+def load(args, job: Job):
+    """The model (on its device, in its dtype) and its tokenizer."""
+    from vatp.longbench.models import ModelLoadError, load_model_and_tokenizer
+
+    seed_everything()
+    try:
+        model, tokenizer = load_model_and_tokenizer(job.inputs.model_path, job.dtype, job.device, args.device_map,
+                                                    trust_remote_code=args.trust_remote_code)
+    except ModelLoadError as err:
+        raise UsageError(str(err)) from None
+    print(f"pred.py: rank {job.state.process_index} of {job.state.num_processes}: {args.model} on {model.device} "
+          f"({job.dtype}, {describe(args)})", file=sys.stderr, flush=True)
+    return model, tokenizer
+
+
+def predict(args, job: Job, model, tokenizer, plans: dict) -> None:
+    """Predict every dataset with vatp enabled (unless the full cache), then leave the model as it was."""
+    session = vatp.enable(model, job.config) if job.config is not None else None
+    try:
+        for name in job.inputs.samples:
+            predict_dataset(args, job, name, model, tokenizer, session, plans.get(name))
+    finally:
+        if session is not None:
+            vatp.disable(model)
 
 
 def check_attention_window(args, model_config, encoded, max_new) -> None:
@@ -244,8 +330,9 @@ def settle_scoring(args, config, model_config, encoded, device, dtype) -> str:
             raise UsageError("--scoring fused needs triton: pip install triton, or use --scoring chunked")
     if args.scoring is None and scoring == "eager":
         longest = max(ids.shape[1] for prompts in encoded.values() for ids in prompts)
+        most = max(len(prompts) for prompts in encoded.values())  # a batch never holds more
         scoring, reason = footprint.choose_scoring(model_config, longest, getattr(torch, dtype),
-                                                   footprint.free_bytes(device), args.batch_size)
+                                                   footprint.free_bytes(device), args.batch_size, samples=most)
         if reason:
             print(f"pred.py: {reason}", file=sys.stderr, flush=True)
     return scoring
@@ -268,18 +355,20 @@ def encode_dataset(args, name, samples, tokenizer, prompt_format, max_length, co
     return encoded
 
 
-def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max_new, out_dir, state, plan) -> None:
+def predict_dataset(args, job: Job, name: str, model, tokenizer, session, plan) -> None:
     """Predict the samples of ``name`` not done yet, then (rank 0) merge them; ``plan``: rank 0's checked run."""
     from tqdm import tqdm
 
+    samples, encoded, max_new = job.inputs.samples[name], job.encoded[name], job.inputs.max_new[name]
+    state, folder = job.state, out_dir(args)
     rank, world = state.process_index, state.num_processes
     ids = runs.sample_ids(samples)
     method = describe(args)
     started, new, kept = time.time(), 0, []
     if state.is_main_process:
-        runs.begin_run(plan, num_processes=world)  # before any rank opens its part file
+        runs.begin_run(plan, num_processes=world, samples=job.inputs.sizes[name])  # before any rank opens its part
     state.wait_for_everyone()
-    with runs.PredictionWriter(out_dir, name, rank, world) as writer:
+    with runs.PredictionWriter(folder, name, rank, world) as writer:
         todo = [i for i in runs.shard_indices(len(samples), rank, world) if ids[i] not in writer.done]
         with tqdm(total=len(todo), desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process,
                   dynamic_ncols=True) as bar:  # closed before an interrupt's message
@@ -296,9 +385,9 @@ def predict_dataset(args, name, samples, encoded, model, tokenizer, session, max
                 bar.update(len(batch))
     state.wait_for_everyone()
     if state.is_main_process:
-        final = runs.final_path(out_dir, name)
-        count = runs.merge_parts(final, runs.part_paths(out_dir, name))
-        runs.finish_run(out_dir, name, count)
+        final = runs.final_path(folder, name)
+        count = runs.merge_parts(final, runs.part_paths(folder, name))
+        runs.finish_run(folder, name, count)
         budget = f", mean budget {100 * sum(kept) / len(kept):.0f}% of the prompt" if kept else ""
         if count < len(samples):
             print(f"{name}: warning: only {count} of {len(samples)} samples predicted", file=sys.stderr)

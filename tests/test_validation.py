@@ -1,19 +1,22 @@
-"""Data files are checked line by line before the model loads (issue 16).
+"""Data files are checked line by line (issue 16), and config entries value by value (issue 28), before
+the model loads.
 
-Every broken input is refused with ``path:line`` and the fix, by ``load_samples`` directly and by
-pred.py (exit 2, one ``pred.py: error:`` line, no traceback, before the model load); valid
-LongBench-shaped data loads exactly as parsed.
+Every broken input is refused with ``path:line`` (a config: its file and key) and the fix, by
+``load_samples`` / ``resolve_model`` / ``dataset_configs`` directly and by pred.py (exit 2, one
+``pred.py: error:`` line, no traceback, before the model load); valid LongBench-shaped data loads
+exactly as parsed.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from pred_data import REPO, SAMSUM, SAMSUM_E, snapshot, write_jsonl
-from vatp.longbench.data import DataError, load_samples
+from pred_data import MODEL, REPO, SAMSUM, SAMSUM_E, load_pred, snapshot, write_jsonl
+from vatp.longbench.data import DataError, UsageError, dataset_configs, load_samples, resolve_model
 
 GOOD = {"input": "How many?", "context": "one two three", "answers": ["3"], "length": 3, "all_classes": None}
 JSON_FIX = 'write it as a JSON string ("" if there is none)'
@@ -156,3 +159,75 @@ def test_pred_refuses_bad_data_before_the_model_loads(tmp_path, case):
     assert expected in errors[0]
     assert " of 1: " not in done.stderr, "stopped only after the model load"
     assert snapshot(save) == {}
+
+
+# --- config entries (issue 28): type, sign and placeholders, checked where they are read ----------------
+
+PROMPT_FIX = "a prompt fills in only {context} and {input}, as LongBench's; write a literal brace as {{ or }}"
+CONFIG_CASES = {  # id: (file, key, value, what the message must say after "FILE: 'KEY' ")
+    "model2maxlen a string": ("model2maxlen", MODEL, "abc", 'is "abc"; write the prompt limit in tokens as a whole '
+                                                             "number >= 2, such as 3500"),
+    "model2maxlen negative": ("model2maxlen", MODEL, -100, "is -100; write the prompt limit"),
+    "model2maxlen 1": ("model2maxlen", MODEL, 1, "is 1; write the prompt limit"),  # keeps all: int(1/2) = 0
+    "model2maxlen a float": ("model2maxlen", MODEL, 3500.0, "is 3500.0; write the prompt limit"),
+    "model2maxlen true": ("model2maxlen", MODEL, True, "is true; write the prompt limit"),
+    "model2path a number": ("model2path", MODEL, 5, "is 5; write the model's hub id or folder as a JSON string"),
+    "dataset2maxlen 0": ("dataset2maxlen", "offline_count", 0, "is 0; write the number of tokens to generate as a "
+                                                               "whole number >= 1, such as 128"),
+    "dataset2maxlen a string": ("dataset2maxlen", "offline_count", "32", 'is "32"; write the number of tokens'),
+    "dataset2prompt {foo}": ("dataset2prompt", "offline_count", "{context} {foo}",
+                             "has the placeholder {foo}; " + PROMPT_FIX),
+    "dataset2prompt {}": ("dataset2prompt", "offline_count", "{context} {}", "has the placeholder {}; "),
+    "dataset2prompt {0}": ("dataset2prompt", "offline_count", "{0}", "has the placeholder {0}; "),
+    "dataset2prompt attribute": ("dataset2prompt", "offline_count", "{context.upper}",
+                                 "has the placeholder {context.upper}; "),
+    "dataset2prompt conversion": ("dataset2prompt", "offline_count", "{context!r}", "has the placeholder {context!r}; "),
+    "dataset2prompt lone brace": ("dataset2prompt", "offline_count", "{context} {", "is not a format string ("),
+    "dataset2prompt a list": ("dataset2prompt", "offline_count", ["{context}"], 'is ["{context}"], not a string; '),
+}
+
+
+def config_with(folder, name, key, value):
+    """A copy of config/ in ``folder`` with ``name``.json's ``key`` set to ``value``."""
+    shutil.copytree(REPO / "config", folder)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    return folder
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_a_bad_config_value_is_refused_where_it_is_read(tmp_path, case):
+    name, key, value, expected = CONFIG_CASES[case]
+    folder = config_with(tmp_path / "config", name, key, value)
+    with pytest.raises(UsageError) as err:
+        resolve_model(MODEL, folder)
+        dataset_configs(["offline_count"], folder)
+    assert str(err.value).startswith(f"{folder / name}.json: {key!r} {expected}"), str(err.value)
+
+
+def test_every_shipped_config_entry_is_valid():
+    from vatp.longbench.data import config_dir, read_config
+
+    for model in read_config("model2path"):
+        if "chatglm" not in model:  # refused by name, with the reason
+            assert resolve_model(model)[1] >= 2
+    prompts, max_new = dataset_configs(list(read_config("dataset2prompt")))
+    assert prompts == read_config("dataset2prompt") and max_new == read_config("dataset2maxlen")
+    assert config_dir() == REPO / "config"
+
+
+@pytest.mark.parametrize("case", ["model2maxlen a string", "dataset2maxlen 0", "dataset2prompt {foo}"])
+def test_pred_refuses_a_bad_config_value_in_one_line_before_anything(tmp_path, monkeypatch, capsys, case):
+    """The issue's three: model2maxlen "abc" and dataset2prompt "{foo}" were tracebacks, dataset2maxlen 0 failed
+    only after the model loaded, leaving a run record with finished: null."""
+    name, key, value, expected = CONFIG_CASES[case]
+    monkeypatch.setenv("VATP_CONFIG_DIR", str(config_with(tmp_path / "config", name, key, value)))
+    data = tmp_path / "data"
+    write_data(data, GOOD)
+    save = tmp_path / "save"
+    before = snapshot(tmp_path)
+    assert load_pred().main(["--data_dir", str(data), "--datasets", "offline_count", "--device", "cpu",
+                             "--save", str(save)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"pred.py: error: {tmp_path / 'config' / name}.json: {key!r} {expected}"], err
+    assert snapshot(tmp_path) == before and not save.exists()

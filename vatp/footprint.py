@@ -48,15 +48,19 @@ def free_bytes(device: str) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def choose_scoring(config, longest: int, dtype: torch.dtype, free: int, batch: int = 1) -> tuple[str, str | None]:
-    """Eager scoring if it fits in ``free`` bytes beside the weights and the caches of ``batch`` prompts, else chunked.
+def choose_scoring(config, longest: int, dtype: torch.dtype, free: int, batch: int = 1,
+                   samples: int | None = None) -> tuple[str, str | None]:
+    """Eager scoring if it fits in ``free`` bytes beside the weights and the caches of a batch, else chunked.
 
-    A batch's prompts are scored one at a time, so only the cache grows with ``batch``.
+    A batch holds ``batch`` prompts, or all ``samples`` where there are fewer (so that a larger
+    ``--batch_size`` than the data has changes nothing, and a resumed run keeps its scoring).
+    Its prompts are scored one at a time, so only the cache grows with the batch.
     Returns the scoring and, when it falls back, the one-line reason.
     """
+    rows = batch if samples is None else min(batch, samples)
     itemsize = torch.finfo(dtype).bits // 8
     needed = eager_scoring_bytes(config.num_attention_heads, longest, itemsize)
-    left = free - weight_bytes(config, itemsize) - batch * kv_cache_bytes(config, longest, itemsize)
+    left = free - weight_bytes(config, itemsize) - rows * kv_cache_bytes(config, longest, itemsize)
     if needed <= left:
         return "eager", None
     return "chunked", (f"eager scoring of the longest prompt ({longest} tokens) needs {needed / 2**30:.1f} GiB, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import string
 from pathlib import Path
 
 # The paper's code runs these with --e (LongBench-E) ...
@@ -21,6 +22,7 @@ PAPER_PLAIN = ["narrativeqa", "musique", "qmsum"]
 # offline suite's few-shot and code tasks mirror trec and lcc.
 NO_CHAT = {"trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p", "offline_code", "offline_classify"}
 FIELDS = ("input", "context", "answers", "length", "all_classes")
+PROMPT_FIELDS = ("context", "input")  # what a prompt of dataset2prompt.json may fill in, as LongBench's do
 SEED = 42
 # config/ of this repository; the environment variable VATP_CONFIG_DIR points pred.py at another folder.
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -67,11 +69,53 @@ def resolve_model(name: str, folder: Path | None = None) -> tuple[str, int]:
         raise UsageError(f"{name}: LongBench builds ChatGLM's prompts with methods of its remote-code tokenizer "
                          "(build_prompt, build_chat_input) that this harness does not implement, and its attention "
                          "bypasses transformers' interface, so vatp cannot prune it; use a Llama-family model")
-    path = paths[name]
+    path, limit = paths[name], limits[name]
+    if not isinstance(path, str) or not path:
+        raise UsageError(f"{folder / 'model2path.json'}: {name!r} is {_json(path)}; write the model's hub id or "
+                         "folder as a JSON string")
+    if not _is_whole(limit) or limit < 2:  # LongBench keeps int(limit/2) tokens at each end: 1 would keep all
+        raise UsageError(f"{folder / 'model2maxlen.json'}: {name!r} is {_json(limit)}; write the prompt limit in "
+                         "tokens as a whole number >= 2, such as 3500")
     if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
         raise UsageError(f"model path {path} of {name!r} does not exist; fix {folder / 'model2path.json'} "
                          "or create that folder")
-    return path, int(limits[name])
+    return path, limit
+
+
+def dataset_configs(datasets: list[str], folder: Path | None = None) -> tuple[dict[str, str], dict[str, int]]:
+    """The prompt template and generation length of each of ``datasets``, checked: a UsageError names the
+    file, the dataset and the fix for one that is missing, a template that fills in anything but
+    ``PROMPT_FIELDS``, or a length that is not a whole number >= 1."""
+    folder = Path(folder or config_dir())
+    prompts, max_new = read_config("dataset2prompt", folder), read_config("dataset2maxlen", folder)
+    for name in datasets:
+        if name not in prompts or name not in max_new:
+            raise UsageError(f"dataset {name!r} has no prompt/maxlen in {folder}/dataset2prompt.json "
+                             "and dataset2maxlen.json; add them or pick another")
+        if problem := _template_problem(prompts[name]):
+            raise UsageError(f"{folder / 'dataset2prompt.json'}: {name!r} {problem}")
+        if not _is_whole(max_new[name]) or max_new[name] < 1:
+            raise UsageError(f"{folder / 'dataset2maxlen.json'}: {name!r} is {_json(max_new[name])}; write the "
+                             "number of tokens to generate as a whole number >= 1, such as 128")
+    return {name: prompts[name] for name in datasets}, {name: max_new[name] for name in datasets}
+
+
+def _template_problem(template) -> str | None:
+    """What keeps ``template`` from being a prompt that ``str.format(**sample)`` fills; None if nothing."""
+    fix = ("a prompt fills in only " + " and ".join(f"{{{f}}}" for f in PROMPT_FIELDS) +
+           ", as LongBench's; write a literal brace as {{ or }}")
+    if not isinstance(template, str):
+        return f"is {_json(template)}, not a string; {fix}"
+    try:
+        fields = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(template)
+                  if field is not None]
+    except ValueError as err:  # a single { or }
+        return f"is not a format string ({err}); {fix}"
+    for field, spec, conversion in fields:
+        if field not in PROMPT_FIELDS or spec or conversion:
+            shown = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            return f"has the placeholder {{{shown}}}; {fix}"
+    return None
 
 
 
@@ -131,6 +175,11 @@ def load_samples(dataset: str, e: bool, data_dir: str | None) -> list[dict]:
 def _is_number(value) -> bool:
     """A JSON number: int or float, not bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_whole(value) -> bool:
+    """A JSON integer: int, not bool (nor a float such as 3500.0, which would pass on as a float)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _json(value) -> str:

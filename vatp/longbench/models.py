@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -118,7 +119,22 @@ def _load(auto, path: str, trust_remote_code: bool, what: str):
         if not trust_remote_code and "trust_remote_code" in str(err):
             raise UsageError(f"{path!r} needs code from its own repository to load (the paper's code trusts it "
                              "silently); pass --trust_remote_code if you trust that repository") from None
-        raise UsageError(f"could not load {what} of {path!r}: {err}") from None
+        raise UsageError(f"could not load {what} of {path!r}: {_one_line(err)}{_damaged(path)}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _damaged(path: str) -> str:
+    """For an embedded model, the fix of a damaged converted copy: where it is, and to delete it ("" if none)."""
+    if not path.startswith(EMBEDDED):
+        return ""
+    try:
+        folder = embedded_cache(embedded_gguf(path[len(EMBEDDED):]))
+    except (ModelLoadError, OSError):
+        return ""
+    return f"; the converted copy in {folder} may be damaged: delete that folder and rerun (it is converted again)"
 
 
 def default_dtype(model_name: str, model_config) -> str:
@@ -135,6 +151,7 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
 
     ``trust_remote_code`` runs code the model's repository ships; without it such a model is refused.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = local_source(path)
@@ -144,8 +161,12 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (SafetensorError, pickle.UnpicklingError) as err:  # a damaged weights file (torch.load: weights_only)
+        fix = _damaged(path) or "; its weights files are damaged: download them again"
+        raise ModelLoadError(f"could not load model from {path!r}: {type(err).__name__}: "
+                             f"{_one_line(err)[:200]}{fix}") from err
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"could not load model from {path!r}: {err}") from err
+        raise ModelLoadError(f"could not load model from {path!r}: {_one_line(err)}{_damaged(path)}") from err
     if not device_map:
         model = model.to(device)
     return model.eval(), tokenizer
