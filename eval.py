@@ -4,7 +4,9 @@
 
 Reads every SAVE/MODEL/*.jsonl written by pred.py, writes SAVE/MODEL/result.json
 (dataset -> score, or -> {"0-4k", "4-8k", "8k+"} with --e) and prints a table.
-The scoring itself lives in vatp/metrics.py, the file handling in vatp/evaluate.py.
+The scoring itself lives in vatp/longbench/metrics.py, the file handling in
+vatp/longbench/evaluate.py. A problem is one ``eval.py: error:`` line, exit
+status 2, with result.json left as it was; Ctrl-C exits 130.
 """
 
 import argparse
@@ -31,12 +33,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return score(args)
+    except KeyboardInterrupt:
+        print(f"eval.py: interrupted; {args.save / args.model / RESULT_NAME} is left as it was", file=sys.stderr)
+        return 130
+
+
+def score(args) -> int:
+    """Score, warn, write result.json and print the table: 0, or 2 with one ``eval.py: error:`` line."""
     model_dir = args.save / args.model
     try:
         rows = evaluate(model_dir, longbench_e=args.e)
     except EvalError as err:
         print(f"eval.py: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     for dataset in unmerged_datasets(model_dir):
         print(f"eval.py: warning: {dataset} has unmerged part files in {model_dir / (dataset + '.parts')}; "
               "its predictions may be incomplete: let pred.py finish (or re-run it) so it merges them.",
@@ -48,7 +59,7 @@ def main(argv=None) -> int:
     except OSError as err:
         print(f"eval.py: error: cannot write {model_dir / RESULT_NAME}: {err.strerror or err}; it is left as it was: "
               "check the folder's permissions and free space, then run eval.py again.", file=sys.stderr)
-        return 1
+        return 2
     print(format_table(rows, longbench_e=args.e))
     print(f"\nwrote {out}")
     return 0

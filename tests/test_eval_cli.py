@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pred_data import snapshot
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tiny-model"
 
@@ -83,7 +85,7 @@ def test_e_mode_buckets_and_null_empty_bucket(save):
 
 
 def _assert_failed_cleanly(proc, *fragments):
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     for fragment in fragments:
         assert fragment in proc.stderr, proc.stderr
@@ -189,8 +191,8 @@ def test_unmerged_parts_are_ignored_with_a_warning(save):
 
 
 def _one_error_line(proc) -> str:
-    """The single `eval.py: error:` line of a failed run (exit 1, no traceback)."""
-    assert proc.returncode == 1, proc.stderr
+    """The single `eval.py: error:` line of a failed run (exit 2, no traceback)."""
+    assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("eval.py: error: ")]
     assert len(errors) == 1, proc.stderr
@@ -254,8 +256,8 @@ def _fail(errno_code):
     return fail
 
 
-@pytest.mark.parametrize("where, errno_code", [("tempfile.mkstemp", errno.EROFS), ("json.dump", errno.ENOSPC),
-                                               ("os.replace", errno.ENOSPC)],
+@pytest.mark.parametrize("where, errno_code", [("open", errno.EROFS), ("write", errno.ENOSPC),
+                                               ("replace", errno.ENOSPC)],
                          ids=["read-only folder", "full disk at the write", "full disk at the rename"])
 def test_failed_result_write_is_one_line_and_keeps_the_old_result(save, monkeypatch, capsys, where, errno_code):
     main = _eval_main()
@@ -263,9 +265,8 @@ def test_failed_result_write_is_one_line_and_keeps_the_old_result(save, monkeypa
     before = (save / MODEL / "result.json").read_bytes()
     (save / MODEL / "lcc.jsonl").write_text('{"pred": "x", "answers": ["y"], "all_classes": null}\n')
     capsys.readouterr()
-    module, name = where.split(".")
-    monkeypatch.setattr(f"vatp.longbench.evaluate.{module}.{name}", _fail(errno_code))
-    assert main(["--model", MODEL, "--save", str(save)]) == 1
+    monkeypatch.setattr(f"vatp.longbench.prediction_files.os.{where}", _fail(errno_code))
+    assert main(["--model", MODEL, "--save", str(save)]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [f"eval.py: error: cannot write {save / MODEL / 'result.json'}: "
                                 f"{os.strerror(errno_code)}; it is left as it was: check the folder's permissions "
@@ -284,3 +285,78 @@ def test_read_only_folder_is_one_line(save):
         model_dir.chmod(0o755)
     assert f"cannot write {model_dir / 'result.json'}: Permission denied" in error
     assert not (model_dir / "result.json").exists()
+
+
+# --- issue 28 --------------------------------------------------------------------------------------
+
+def _eval(save, capsys, *flags) -> tuple[int, list[str]]:
+    """eval.py in this process: its exit status and its stderr lines."""
+    code = _eval_main()(["--model", MODEL, "--save", str(save), *flags])
+    return code, capsys.readouterr().err.splitlines()
+
+
+def _session_record(save, dataset, limit, samples=None):
+    """A run record as pred.py writes it: with the dataset's sample count since issue 28, without it before."""
+    session = {"args": {"limit": limit}, "versions": {}, "count": len(PREDICTIONS[dataset])}
+    if samples is not None:
+        session["samples"] = samples
+    record = {"dataset": dataset, "settings": {"e": False}, "sessions": [session]}
+    (save / MODEL / f"run_{dataset}.json").write_text(json.dumps(record))
+
+
+def test_a_limit_that_covered_every_sample_is_no_subset(save, capsys):
+    """--limit 1000 on a dataset of 2 predicted all of it: no warning (the issue's case); a limit below the
+    dataset's size is one. A record older than the sample count warns only where the limit was reached."""
+    _session_record(save, "trec", limit=1000, samples=2)
+    _session_record(save, "hotpotqa", limit=3, samples=4)
+    _session_record(save, "lcc", limit=1000)
+    _session_record(save, "passage_retrieval_zh", limit=2)
+    code, lines = _eval(save, capsys)
+    assert code == 0
+    assert lines == ["eval.py: warning: hotpotqa: predicted with --limit 3, so its 3 samples are a subset of the "
+                     "dataset and its score is not a LongBench score; rerun pred.py without --limit to finish",
+                     "eval.py: warning: passage_retrieval_zh: predicted with --limit 2, so its 2 samples are a "
+                     "subset of the dataset and its score is not a LongBench score; rerun pred.py without --limit "
+                     "to finish"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("_id", [1, 2], '"_id" must be a string (the sample\'s id), got [1, 2]'),
+    ("_id", None, '"_id" must be a string (the sample\'s id), got null'),
+    ("index", "3", '"index" must be an integer (the sample\'s position), got "3"'),
+    ("index", [0], '"index" must be an integer (the sample\'s position), got [0]'),
+])
+def test_an_id_or_index_of_the_wrong_type_is_one_line(save, capsys, field, value, message):
+    """An _id that is a list was a TypeError traceback (unhashable) in eval.py and report --pair."""
+    path = save / MODEL / "trec.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), field: value})
+    path.write_text("\n".join(lines) + "\n")
+    before = snapshot(save)
+    code, err = _eval(save, capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"eval.py: error: {path}, line 2: {message}. Each line must be"), err[0]
+    assert snapshot(save) == before
+
+
+def test_a_run_record_whose_args_is_not_an_object_is_a_warning(save, capsys):
+    """The record only adds warnings to the scores: one it cannot read is said in one line (a traceback before)."""
+    path = save / MODEL / "run_trec.json"
+    path.write_text(json.dumps({"dataset": "trec", "settings": {}, "sessions": [{"args": [1, 2], "versions": {}}]}))
+    code, err = _eval(save, capsys)
+    assert code == 0
+    assert err == [f"eval.py: warning: trec: its run record cannot be read ({path}: the last session's \"args\" is "
+                   "not an object; restore it, or pass --overwrite to delete the predictions of trec beside it and "
+                   "start fresh), so how it was predicted is unknown"]
+    assert json.loads((save / MODEL / "result.json").read_text()) == LONGBENCH_RESULT
+
+
+def test_result_json_has_the_permissions_of_the_other_outputs(save, capsys):
+    """mkstemp made it 0600; now 0666 less the umask, as pred.py's files (0644 under umask 022)."""
+    old = os.umask(0o022)
+    try:
+        assert _eval(save, capsys)[0] == 0
+    finally:
+        os.umask(old)
+    assert (save / MODEL / "result.json").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in (save / MODEL).iterdir() if p.name.startswith(".")] == []  # no temp file left

@@ -13,11 +13,10 @@ how to fix it.
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from vatp.longbench.metrics import BUCKETS, score_dataset, score_dataset_e, score_sample
+from vatp.longbench.prediction_files import atomic_write_bytes
 
 RESULT_NAME = "result.json"
 
@@ -57,8 +56,9 @@ def run_notes(model_dir: Path, rows: list, longbench_e: bool) -> list:
             continue
         if record is None:  # predictions from elsewhere (LongBench's own pred.py, say)
             continue
-        limit = record["sessions"][-1].get("args", {}).get("limit")
-        if limit is not None:
+        session = record["sessions"][-1]
+        limit = session.get("args", {}).get("limit")
+        if _cut_by_limit(limit, session.get("samples"), n):
             notes.append(f"{dataset}: predicted with --limit {limit}, so its {n} samples are a subset of the "
                          "dataset and its score is not a LongBench score; rerun pred.py without --limit to finish")
         made_e = bool(record["settings"].get("e"))
@@ -66,6 +66,18 @@ def run_notes(model_dir: Path, rows: list, longbench_e: bool) -> list:
             data, flag = ("LongBench-E", "with --e") if made_e else ("LongBench", "without --e")
             notes.append(f"{dataset}: predicted on {data} data; score it {flag}")
     return notes
+
+
+def _cut_by_limit(limit, samples, n: int) -> bool:
+    """Whether ``--limit`` left samples of the dataset out: it is below the dataset's ``samples`` (recorded by
+    pred.py), or, in a record older than that, not above the ``n`` predictions it allowed."""
+    if not _is_whole(limit):
+        return False
+    return limit < samples if _is_whole(samples) else limit <= n
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _field_error(path: Path, lineno: int, problem: str) -> EvalError:
@@ -96,6 +108,11 @@ def _checked_record(record, path: Path, lineno: int, need_length: bool) -> dict:
     classes = record["all_classes"]
     if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
         raise _field_error(path, lineno, '"all_classes" must be null or a list of strings')
+    if not isinstance(record.get("_id", ""), str):
+        raise _field_error(path, lineno, f'"_id" must be a string (the sample\'s id), got {json.dumps(record["_id"])}')
+    if "index" in record and not _is_whole(record["index"]):
+        raise _field_error(path, lineno, f'"index" must be an integer (the sample\'s position), '
+                           f'got {json.dumps(record["index"])}')
     if need_length:
         length = record["length"]
         if not (_is_number(length) and (isinstance(length, int) or math.isfinite(length)) and length >= 0):
@@ -200,16 +217,11 @@ def evaluate(model_dir: Path, longbench_e: bool) -> list:
 
 
 def write_results(model_dir: Path, rows: list) -> Path:
-    """Write {dataset: score} to MODEL_DIR/result.json atomically (temp file + rename)."""
+    """Write {dataset: score} to MODEL_DIR/result.json atomically (temp file + rename), with the permissions
+    of pred.py's files (0666 less the umask); on failure the old file is left as it was."""
     out = model_dir / RESULT_NAME
-    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".result.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({dataset: score for dataset, _, score in rows}, f, ensure_ascii=False, indent=4)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    text = json.dumps({dataset: score for dataset, _, score in rows}, ensure_ascii=False, indent=4)
+    atomic_write_bytes(out, text.encode("utf-8"))
     return out
 
 
