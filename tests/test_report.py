@@ -79,7 +79,7 @@ def test_averages_bold_and_gaps(runs):
 def test_missing_result_file_is_an_error(runs, tmp_path, capsys):
     folder = tmp_path / "never-evaluated" / "tiny-model"
     folder.mkdir(parents=True)
-    assert report.main(_args(runs + [f"Scissorhands={folder}"], tmp_path / "out")) == 1
+    assert report.main(_args(runs + [f"Scissorhands={folder}"], tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert f"{folder / 'result.json'} not found: run eval.py first" in err
     assert f"python eval.py --model tiny-model --save {folder.parent}" in err
@@ -88,25 +88,26 @@ def test_missing_result_file_is_an_error(runs, tmp_path, capsys):
 
 @pytest.mark.parametrize("content, message", [
     ("[1, 2]", "holds list, not a dataset -> score object"),
-    ("{\"qasper\": \"high\"}", "'qasper' has 'high'; expected a score"),
+    ("{\"qasper\": \"high\"}", "'qasper' has 'high'; expected a finite score or null"),
+    ("{\"qasper\": Infinity}", "'qasper' has inf; expected a finite score"),
     ("{\"qasper\": {\"0-2k\": 1.0}}", "'qasper' has {'0-2k': 1.0}"),
     ("{not json", "cannot read"),
 ])
 def test_malformed_result_file_is_an_error(tmp_path, capsys, content, message):
     (tmp_path / "result.json").write_text(content, encoding="utf-8")
-    assert report.main(["--run", f"bad={tmp_path}", "--out", str(tmp_path / "out")]) == 1
+    assert report.main(["--run", f"bad={tmp_path}", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "result.json") in err and message in err
 
 
 @pytest.mark.parametrize("spec", ["no-equals-sign", "=folder", "label="])
 def test_bad_run_spec_is_an_error(tmp_path, capsys, spec):
-    assert report.main(["--run", spec, "--out", str(tmp_path)]) == 1
+    assert report.main(["--run", spec, "--out", str(tmp_path)]) == 2
     assert "must be LABEL=FOLDER" in capsys.readouterr().err
 
 
 def test_duplicate_labels_are_an_error(runs, tmp_path, capsys):
-    assert report.main(_args([runs[0], runs[0]], tmp_path / "out")) == 1
+    assert report.main(_args([runs[0], runs[0]], tmp_path / "out")) == 2
     assert "labels must differ" in capsys.readouterr().err
 
 
@@ -142,9 +143,45 @@ def test_pair_errors(tmp_path, capsys):
     base = _predictions(tmp_path / "a", ["blue", "red"])
     fewer = _predictions(tmp_path / "b", ["blue"])
     out = str(tmp_path / "out")
-    assert report.main(["--run", f"A={base}", "--run", f"B={fewer}", "--pair", "B=C", "--out", out]) == 1
+    assert report.main(["--run", f"A={base}", "--run", f"B={fewer}", "--pair", "B=C", "--out", out]) == 2
     assert "--pair 'B=C' names 'C', not a --run label" in capsys.readouterr().err
-    assert report.main(["--run", f"A={base}", "--run", f"B={fewer}", "--pair", "B", "--out", out]) == 1
+    assert report.main(["--run", f"A={base}", "--run", f"B={fewer}", "--pair", "B", "--out", out]) == 2
     assert "must be LABEL=BASELINE" in capsys.readouterr().err
-    assert report.main(["--run", f"A={base}", "--run", f"B={fewer}", "--pair", "B=A", "--out", out]) == 1
+    assert report.main(["--run", f"A={base}", "--run", f"B={fewer}", "--pair", "B=A", "--out", out]) == 2
     assert "do not hold the same samples on qasper: only the baseline has 'q-1'" in capsys.readouterr().err
+
+
+# --- issue 28 --------------------------------------------------------------------------------------
+
+def test_nan_in_a_result_is_no_score(tmp_path, capsys):
+    """LongBench's own eval.py writes NaN for an empty length bucket; read as a number, it compared false with
+    every score, so nothing was bold and "nan" was printed. It is read as null: no score, said in a footnote."""
+    for key, text in {"a": '{"qasper": NaN, "trec": 50.0}', "b": '{"qasper": 30.0, "trec": 60.0}',
+                      "c": '{"qasper": {"0-4k": 20.0, "4-8k": NaN, "8k+": 40.0}, "trec": {"0-4k": NaN}}'}.items():
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "result.json").write_text(text)
+    args = [arg for key in "abc" for arg in ("--run", f"{key.upper()}={tmp_path / key}")]
+    assert report.main([*args, "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "nan" not in printed.split("\nwrote ")[0].lower()
+    assert printed.startswith("| Method | qasper | trec | Average |\n| --- | ---: | ---: | ---: |\n"
+                              "| A |  | 50.00 | 50.00† |\n| B | **30.00** | **60.00** | **45.00** |\n"
+                              "| C | **30.00** |  | 30.00† |\n\n† A: average over 1 of 2 datasets; no score for qasper.\n\n"
+                              "† C: average over 1 of 2 datasets; no score for trec.")
+
+
+def test_pair_on_an_id_that_is_a_list_is_one_line(tmp_path, capsys):
+    base = _predictions(tmp_path / "a", ["blue", "red"])
+    other = _predictions(tmp_path / "b", ["blue", "blue"])
+    path = Path(other) / "qasper.jsonl"
+    lines = path.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "_id": ["q", 0]})
+    path.write_text("\n".join(lines) + "\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert report.main(["--run", f"A={base}", "--run", f"B={other}", "--pair", "B=A",
+                        "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"report: error: {path}, line 1: \"_id\" must be a string (the sample's id), got [\"q\", 0]"), err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,8 @@
 Each ``--run LABEL=FOLDER`` names a folder holding the ``result.json`` that
 ``eval.py`` wrote: dataset -> score, or (``--e``) dataset -> {"0-4k": s|null,
 "4-8k": s|null, "8k+": s|null}. A LongBench-E entry becomes the unweighted
-mean of its non-empty buckets (the caption says which runs). Writes
+mean of its non-empty buckets (the caption says which runs). NaN, which
+LongBench's own eval.py writes for an empty bucket, counts as null: no score. Writes
 ``OUT/report.md`` (methods x datasets, an Average column, best in bold) and
 ``OUT/report.png`` (grouped bars), and prints the table. Each ``--pair
 LABEL=BASELINE`` adds a row to a table of paired differences (LABEL - BASELINE)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,15 +57,25 @@ def parse_run(spec: str) -> tuple[str, Path]:
     return label.strip(), Path(folder.strip())
 
 
+def _is_score(value) -> bool:
+    """null or a number, not infinite (NaN is allowed: it is read as null)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                             and not (isinstance(value, float) and math.isinf(value)))
+
+
+def _or_none(value: float | None) -> float | None:
+    """``value``, with NaN as None: no score, never a number that compares false with every other."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def _score(value, path: Path, dataset: str) -> tuple[float | None, bool]:
     """A result.json entry -> (score or None, whether it was bucketed)."""
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        return value, False
-    if isinstance(value, dict) and set(value) <= set(BUCKETS):
-        buckets = [v for v in value.values() if v is not None]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in buckets):
-            return (round(sum(buckets) / len(buckets), 2) if buckets else None), True
-    raise ReportError(f"{path}: {dataset!r} has {value!r}; expected a score or a dict of "
+    if _is_score(value):
+        return _or_none(value), False
+    if isinstance(value, dict) and set(value) <= set(BUCKETS) and all(_is_score(v) for v in value.values()):
+        buckets = [v for v in map(_or_none, value.values()) if v is not None]
+        return (round(sum(buckets) / len(buckets), 2) if buckets else None), True
+    raise ReportError(f"{path}: {dataset!r} has {value!r}; expected a finite score or null, or a dict of "
                       f"{', '.join(BUCKETS)} -> score|null, as eval.py writes; re-run eval.py on that folder")
 
 
@@ -257,7 +269,10 @@ def main(argv=None) -> int:
         table = write_report(runs, args.out, paired)
     except (ReportError, OSError) as err:
         print(f"report: error: {err}", file=sys.stderr)
-        return 1
+        return 2
+    except KeyboardInterrupt:
+        print("report: interrupted", file=sys.stderr)
+        return 130
     print(table)
     print(f"\nwrote {args.out / 'report.md'} and {args.out / 'report.png'}")
     return 0
