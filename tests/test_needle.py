@@ -154,9 +154,12 @@ def test_resume_skips_finished_points_and_survives_a_half_written_line(finished,
     assert all(line.endswith("\n") and json.loads(line) for line in path.read_text().splitlines(keepends=True))
 
 
+RESULT = {"label": "H2O", "budget": 0.5, "length": 400, "depth": 0, "score": 1}
+
+
 def test_a_broken_line_inside_the_file_is_reported(tmp_path):
     path = tmp_path / needle.RESULTS
-    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    path.write_text(f'{json.dumps(RESULT)}\nnot json\n{json.dumps(RESULT)}\n')
     with pytest.raises(ValueError, match=":2 is not a JSON line"):
         needle.read_results(path)
 
@@ -231,5 +234,89 @@ def test_command_runs_resumes_without_loading_the_model_and_draws(tmp_path, tok,
     monkeypatch.setattr(models, "load_model_and_tokenizer", refuse)
     assert needle.main(args) == 0
     assert "0 points to run, 6 already" in capsys.readouterr().out and figure.is_file()
-    assert needle.main([*args, "--sink_len", "4"]) == 1
+    assert needle.main([*args, "--sink_len", "4"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+# --- issue 28: repeated flags, foreign result lines, links, Ctrl-C: one line, nothing changed -------
+
+CLI = ["--lengths", "400", "--depths", "0", "100", "--budgets", "0.5", "--methods", "h2o", "--max_new_tokens", "2"]
+
+
+def files(folder):
+    """Every file and link under ``folder``: its bytes, or ("link", target)."""
+    return {str(p.relative_to(folder)): ("link", str(p.readlink())) if p.is_symlink() else p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(models, "load_model_and_tokenizer", refuse)
+
+
+def one_error(capsys, prefix="needle: error: ") -> str:
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(prefix), err
+    return err[0]
+
+
+@pytest.mark.parametrize("flag, values, repeated", [("--depths", ["50", "50"], "50"),
+                                                    ("--lengths", ["400", "500", "400"], "400"),
+                                                    ("--budgets", ["0.5", "0.5"], "0.5"),
+                                                    ("--methods", ["h2o", "snapkv", "h2o"], "h2o")])
+def test_a_repeated_value_is_refused(tmp_path, capsys, no_model, flag, values, repeated):
+    """--depths 50 50 ran each point twice, counted "2 / 2" and dropped the VATP comparison without a word."""
+    assert needle.main(["--out", str(tmp_path / "out"), *CLI, flag, *values]) == 2  # (the last --flag counts)
+    assert one_error(capsys) == (f"needle: error: {flag} repeats {repeated}: each point would run twice and count "
+                                 "twice; give each value once")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("line, problem", [("[1, 2]", "list, not an object"),
+                                           (json.dumps({k: v for k, v in RESULT.items() if k != "label"}),
+                                            'no "label"'),
+                                           (json.dumps({**RESULT, "depth": "0"}), '"depth" is "0"'),
+                                           (json.dumps({**RESULT, "score": True}), '"score" is true')])
+def test_a_line_that_is_not_a_result_is_one_line_and_changes_nothing(tmp_path, capsys, no_model, line, problem):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / needle.RESULTS).write_text(f"{json.dumps(RESULT)}\n{line}\n{{\"label\": \"H2")  # and a cut last line
+    before = files(tmp_path)
+    assert needle.main(["--out", str(out), *CLI]) == 2
+    assert one_error(capsys) == (f"needle: error: {out / needle.RESULTS}:2 is not a result line ({problem}); "
+                                 "remove that line to resume")
+    assert files(tmp_path) == before  # the cut last line is not dropped either
+
+
+def test_a_linked_results_file_is_refused_and_its_target_kept(tmp_path, capsys, no_model):
+    out, target = tmp_path / "out", tmp_path / "notes.txt"
+    out.mkdir()
+    target.write_text("my notes, no newline")
+    (out / needle.RESULTS).symlink_to(target)
+    before = files(tmp_path)
+    assert needle.main(["--out", str(out), *CLI]) == 2
+    assert one_error(capsys).startswith(f"needle: error: {out / needle.RESULTS}: a symbolic link to {target} ")
+    assert files(tmp_path) == before
+
+
+def test_ctrl_c_is_one_line_and_a_rerun_resumes(tmp_path, tok, monkeypatch, capsys):
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda *a, **k: (tiny_llama(), tok))
+    real, calls = needle.answer, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(needle, "answer", interrupted)
+    args = ["--out", str(tmp_path), *CLI]
+    assert needle.main(args) == 130
+    assert one_error(capsys, "needle: interrupted: ") == (
+        f"needle: interrupted: 1 result kept in {tmp_path / needle.RESULTS}; rerun the same command to resume")
+    monkeypatch.setattr(needle, "answer", real)
+    assert needle.main(args) == 0
+    assert "5 points to run, 1 already" in capsys.readouterr().out
+    assert len(needle.read_results(tmp_path / needle.RESULTS)) == 6

@@ -14,7 +14,11 @@ greedy decoding; an answer scores 1 if it contains the number.
 
 Each point appends one JSON line to ``OUT/results.jsonl`` as soon as it is
 done; a rerun skips the points already there (a half-written last line, left
-by a kill, is dropped) and loads the model only if a point is left. Then it
+by a kill, is dropped) and loads the model only if a point is left; Ctrl-C
+stops it with one line (exit status 130), and a problem with the flags or the
+results file with one ``needle: error:`` line (exit status 2) that leaves the
+folder as it was. ``results.jsonl`` is never followed through a symbolic
+link. Then it
 draws ``OUT/needle.png``: one heatmap (depth x context length) per method
 variant, budgets as rows, the full cache repeated at the head of every row as
 its reference, one colour scale for all; and writes ``OUT/needle.md``: the
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -42,6 +47,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .. import attention
+from ..longbench.prediction_files import RunIOError, open_no_link, refuse_links
 from ..longbench.prompts import build_chat, decode, generation_kwargs, uses_template
 from ..longbench.suite import sources
 from ..names import BACKENDS, DTYPE_NAMES, METHODS, check_choice, method_label
@@ -58,6 +64,8 @@ RESULTS, FIGURE, TABLE = "results.jsonl", "needle.png", "needle.md"
 # What a result must share with the results already in OUT to be comparable; other settings
 # (the backend: mask and evict give the same predictions) do not change an answer.
 RUN_KEYS = ("model", "dtype", "sink_len", "max_new_tokens")
+# What the resume, the figure and the tables read from every result line, and its JSON type.
+RESULT_FIELDS = {"label": str, "budget": (int, float), "length": int, "depth": int, "score": int}
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,11 @@ class NeedleGrid:
     max_new_tokens: int = 24  # the model answers "The secret number of ... is 48213": ~16 tokens
 
     def __post_init__(self):
+        for name in ("lengths", "depths", "budgets", "methods"):
+            values = getattr(self, name)
+            if repeated := sorted({v for v in values if values.count(v) > 1}, key=str):
+                raise ValueError(f"--{name} repeats {', '.join(map(str, repeated))}: each point would run twice "
+                                 "and count twice; give each value once")
         if not self.lengths or min(self.lengths) < 1:
             raise ValueError(f"lengths must be positive token counts, got {self.lengths}")
         if not self.depths or not all(0 <= d <= 100 for d in self.depths):
@@ -219,23 +232,49 @@ def drop_partial_line(path: Path) -> bool:
     end = data.rfind(b"\n") + 1
     if end == len(data):
         return False
-    with path.open("r+b") as f:
-        f.truncate(end)
+    fd = open_no_link(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, end)
+    finally:
+        os.close(fd)
     return True
 
 
 def read_results(path: Path) -> list[dict]:
-    """The complete result lines of ``path`` ([] if none); a half-written last line is ignored."""
+    """The complete result lines of ``path`` ([] if none), each checked; a half-written last line is ignored."""
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # the part after the last newline is partial
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # the part after the last newline is partial
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 ({err}); restore it, or use another --out") from None
     results = []
     for number, line in enumerate(lines, 1):
         try:
-            results.append(json.loads(line))
+            result = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{number} is not a JSON line ({err}); remove that line to resume") from None
+        if problem := _result_problem(result):
+            raise ValueError(f"{path}:{number} is not a result line ({problem}); remove that line to resume")
+        results.append(result)
     return results
+
+
+def _result_problem(result) -> str | None:
+    """What keeps ``result`` from being a line that :func:`write_point` wrote; None if nothing."""
+    if not isinstance(result, dict):
+        return f"{type(result).__name__}, not an object"
+    for key, kind in RESULT_FIELDS.items():
+        if key not in result:
+            return f'no "{key}"'
+        if not isinstance(result[key], kind) or isinstance(result[key], bool):
+            return f'"{key}" is {json.dumps(result[key])}'
+    return None
+
+
+def _append(path: Path):
+    """``path`` opened to append text, never through a symbolic link."""
+    return open(path, "a", encoding="utf-8", opener=lambda name, flags: open_no_link(name, flags))
 
 
 def check_same_run(results: list[dict], run: dict) -> None:
@@ -261,7 +300,7 @@ def run_points(model, tokenizer, model_name: str, grid: NeedleGrid, points, path
     ``run`` (the RUN_KEYS settings) goes into every line. Each prompt is built once for all its variants.
     """
     haystack = encode_filler(tokenizer)
-    with path.open("a", encoding="utf-8") as f:
+    with _append(path) as f:
         for (length, depth), same_prompt in groupby(points, key=lambda point: point[:2]):
             prompt = build_prompt(tokenizer, haystack, model_name, length, depth)
             for *_, variant in same_prompt:
@@ -402,41 +441,63 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from ..longbench.data import UsageError, resolve_model
-    from ..longbench.models import ModelLoadError, load_model_and_tokenizer
+    """Run the grid: 0 when done; 2 with one ``needle: error:`` line; 130 with one line on Ctrl-C."""
+    from ..longbench.data import UsageError
+    from ..longbench.models import ModelLoadError
     from ..methods import BudgetError
 
     args = parse_args(argv)
     try:
-        grid = NeedleGrid(tuple(args.lengths), tuple(args.depths), tuple(args.budgets), tuple(args.methods),
-                          args.sink_len, args.backend, args.max_new_tokens)
-        run = {"model": args.model, "dtype": args.dtype, "sink_len": args.sink_len,
-               "max_new_tokens": args.max_new_tokens}
+        run_grid(args)
+    except (UsageError, ModelLoadError, BudgetError, RunIOError, ValueError, OSError) as err:
+        print(f"needle: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"needle: interrupted: {kept_results(args.out / RESULTS)}; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def run_grid(args) -> None:
+    """Check the flags and the results so far (changing nothing), run the points left, then draw and tabulate."""
+    from ..longbench.data import resolve_model
+    from ..longbench.models import load_model_and_tokenizer
+
+    grid = NeedleGrid(tuple(args.lengths), tuple(args.depths), tuple(args.budgets), tuple(args.methods),
+                      args.sink_len, args.backend, args.max_new_tokens)
+    run = {"model": args.model, "dtype": args.dtype, "sink_len": args.sink_len, "max_new_tokens": args.max_new_tokens}
+    path = args.out / RESULTS
+    refuse_links([path])  # (appending through one would write, and cutting a partial line truncate, its target)
+    results = read_results(path)
+    check_same_run(results, run)
+    todo = pending(grid, results)
+    print(f"{len(todo)} points to run, {len(results)} already in {path}", flush=True)
+    if todo:  # (with none left, the results, and so the folder, are there)
+        model, tokenizer = load_model_and_tokenizer(resolve_model(args.model)[0], args.dtype, args.device)
+        longest = max(grid.lengths) + grid.max_new_tokens
+        if longest > model.config.max_position_embeddings:
+            raise ValueError(f"{args.model} reads at most {model.config.max_position_embeddings} tokens; "
+                             f"lower --lengths (the longest prompt and answer take {longest})")
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / RESULTS
         if drop_partial_line(path):
             print(f"{path}: dropped a half-written last line", flush=True)
-        results = read_results(path)
-        check_same_run(results, run)
-        todo = pending(grid, results)
-        print(f"{len(todo)} points to run, {len(results)} already in {path}", flush=True)
-        if todo:
-            model, tokenizer = load_model_and_tokenizer(resolve_model(args.model)[0], args.dtype, args.device)
-            longest = max(grid.lengths) + grid.max_new_tokens
-            if longest > model.config.max_position_embeddings:
-                raise ValueError(f"{args.model} reads at most {model.config.max_position_embeddings} tokens; "
-                                 f"lower --lengths (the longest prompt and answer take {longest})")
-            run_points(model, tokenizer, args.model, grid, todo, path, run)
-        results = read_results(path)
-        title = f"Needle in a haystack: {args.model}, greedy, sink_len {args.sink_len}"
-        heatmap_figure(results, grid.columns(), list(grid.budgets), title).savefig(args.out / FIGURE, dpi=110)
-        table = needle_markdown(results, grid, title)
-        (args.out / TABLE).write_text(table)
-        print(f"{table}\nwrote {args.out / FIGURE} and {args.out / TABLE}")
-    except (UsageError, ModelLoadError, BudgetError, ValueError, OSError) as err:
-        print(f"needle: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        run_points(model, tokenizer, args.model, grid, todo, path, run)
+    results = read_results(path)
+    title = f"Needle in a haystack: {args.model}, greedy, sink_len {args.sink_len}"
+    heatmap_figure(results, grid.columns(), list(grid.budgets), title).savefig(args.out / FIGURE, dpi=110)
+    table = needle_markdown(results, grid, title)
+    (args.out / TABLE).write_text(table)
+    print(f"{table}\nwrote {args.out / FIGURE} and {args.out / TABLE}")
+
+
+def kept_results(path: Path) -> str:
+    """How many results ``path`` holds, for the Ctrl-C line."""
+    try:
+        count = len(read_results(path))
+    except (ValueError, OSError):
+        return f"the results so far are kept in {path}"
+    return f"{count} result{'s' * (count != 1)} kept in {path}"
 
 
 if __name__ == "__main__":
