@@ -14,9 +14,14 @@ each) and checked, greedy:
 
 A check either agrees, or vatp refuses with an :class:`~vatp.support.UnsupportedError` (a verdict, not a
 failure); a different output or any other exception is a bug in vatp. Nothing is downloaded: ``--model``
-reads a local checkpoint's config (or one in the hub cache). ``--all`` runs each type in its own process
+reads a local checkpoint's config (or one in the hub cache), and runs no code the checkpoint ships unless
+``--trust_remote_code`` says so (then only its config class, to read the config: the tiny model is built
+from transformers' own classes). ``--all`` runs each type in its own process
 (a type that crashes or eats the memory takes only itself down), appends one JSON line per type to
 ``OUT/compat.jsonl``, skips the types already there on a rerun, and writes the table ``OUT/compat.md``.
+
+Exit status: 0, or 1 when a check found a BUG; 2 with one ``compat: error:`` line for a checkpoint it
+cannot read; 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -49,6 +54,10 @@ PRUNED = {"H2O+VATP": dict(method="h2o", apval=True, heavy_ratio=0.2, sink_len=4
           "SnapKV+VATP": dict(method="snapkv", apval=True, heavy_ratio=0.3, sink_len=4)}
 TOLERANCE = 1e-4
 RESULTS, TABLE = "compat.jsonl", "compat.md"
+
+
+class CompatError(Exception):
+    """A checkpoint whose config cannot be read as asked; the message says how to fix it."""
 
 
 def tiny_config(model_type: str, base: dict | None = None):
@@ -230,6 +239,24 @@ def run_all(out: Path, types: list[str], timeout: int) -> list[dict]:
     return rows
 
 
+def checkpoint_config(model: str, trust_remote_code: bool) -> dict:
+    """The config of checkpoint ``model`` as a dict. Its own code runs only with ``trust_remote_code`` (passed to
+    transformers, which would otherwise ask on the terminal); CompatError, with the fix, where it cannot be read."""
+    from transformers import AutoConfig
+
+    if model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():  # else a hub name
+        raise CompatError(f"{model}: no such folder; give a checkpoint folder that holds a config.json, or a "
+                          "transformers model type with --type")
+    try:
+        return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).to_dict()
+    except (OSError, ValueError) as err:
+        if not trust_remote_code and "trust_remote_code" in str(err):
+            raise CompatError(f"{model}: its config needs code from the checkpoint's own repository; pass "
+                              "--trust_remote_code if you trust that repository") from None
+        raise CompatError(f"{model}: cannot read its config ({' '.join(str(err).split())}); give a checkpoint "
+                          "folder that holds a config.json, or a transformers model type with --type") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vatp.analysis.compat",
                                      description="Check vatp against a tiny random model of an architecture.")
@@ -240,6 +267,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="with --all: where compat.jsonl and compat.md go")
     parser.add_argument("--timeout", type=int, default=300, help="with --all: seconds per type")
     parser.add_argument("--json", action="store_true", help="print each result as one JSON line")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="with --model: run the config code the checkpoint ships (only for repositories you "
+                        "trust); without it such a checkpoint is refused")
     args = parser.parse_args(argv)
     if args.all and args.out is None:
         parser.error("--all needs --out")
@@ -247,21 +277,33 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """Check and print: 0, or 1 when a check found a BUG; 2 with one ``compat: error:`` line; 130 on Ctrl-C."""
     args = parse_args(argv)
-    if args.all:
-        rows = run_all(args.out, causal_lm_types(), args.timeout)
-    elif args.model:
-        from transformers import AutoConfig
-
-        base = AutoConfig.from_pretrained(args.model).to_dict()
-        rows = [check_type(base["model_type"], base)]
-    else:
-        rows = [check_type(model_type) for model_type in args.type]
+    try:
+        rows = check(args)
+    except (CompatError, OSError) as err:
+        print(f"compat: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        kept = f": the results so far are kept in {args.out / RESULTS}; rerun the same command to resume" \
+            if args.all else ""
+        print(f"compat: interrupted{kept}", file=sys.stderr)
+        return 130
     for row in rows if not args.all else []:
         print(json.dumps(row) if args.json else f"{row['type']}: {row['verdict']}" +
               "".join(f"\n  {name}: {c['result']} ({c['detail'][:160]})" for name, c in row["checks"].items()) +
               (f"\n  {row['reason']}" if not row["checks"] else ""))
     return 1 if any(row["verdict"] == "BUG" for row in rows) else 0
+
+
+def check(args) -> list[dict]:
+    """The check results the flags ask for (with --all, also written to OUT)."""
+    if args.all:
+        return run_all(args.out, causal_lm_types(), args.timeout)
+    if args.model:
+        base = checkpoint_config(args.model, args.trust_remote_code)
+        return [check_type(base["model_type"], base)]
+    return [check_type(model_type) for model_type in args.type]
 
 
 if __name__ == "__main__":
