@@ -14,7 +14,10 @@ its predictions is skipped. ``--report_only`` generates nothing: it scores
 (eval.py) the points whose predictions are complete and reports them, listing
 the missing ones. ``--predict_only`` only generates (pred.py): for a machine
 without the metrics' packages, such as the GPU machine; score and report the
-predictions elsewhere with ``--report_only``.
+predictions elsewhere with ``--report_only``. The flags are checked before
+anything runs; a problem, or a step that fails, stops the study with one
+``study.py: error:`` line (exit status 2, or the failed step's), and Ctrl-C
+with one line (130): rerun the same command to resume.
 
 Each VATP variant is compared with its baseline on the same prompts
 (``vatp.analysis.paired``): the mean per-sample score difference with a paired
@@ -39,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from vatp.analysis.paired import AVERAGE, PairingError, paired_comparison, score_intervals, verdict
 from vatp.longbench.runs import load_run_record
+from vatp.longbench.suite import MIN_TOKENS
 from vatp.names import DTYPE_NAMES
 
 TASKS = ["offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify"]
@@ -53,6 +57,10 @@ METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it wei
 }
 PAIRS = [("h2o", "h2o_vatp"), ("scissorhands", "scissorhands_vatp"), ("snapkv", "snapkv_vatp")]
 COLOURS = {"h2o": "C0", "scissorhands": "C2", "streaming": "C4", "snapkv": "C1"}  # a method and its VATP share one
+
+
+class StudyError(Exception):
+    """A flag, folder or file the study cannot use; the message says how to fix it."""
 
 
 def run(cmd: list[str]) -> None:
@@ -247,13 +255,23 @@ class Findings:
                     values.add(str(record["settings"].get(key)))
 
 
+def scored_run(label: str, folder: Path):
+    """A scored point: its result.json as a report Run, and its per-sample scores; StudyError if unreadable."""
+    from vatp.analysis.report import ReportError, load_run, load_samples
+
+    try:
+        return load_run(label, folder), load_samples(folder)
+    except ReportError as err:
+        raise StudyError(str(err)) from None
+
+
 def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found: Findings) -> None:
     """Run (or reuse) every method at ~n tokens and budget b; add its scores, comparisons and section."""
     if args.predict_only:  # generate only: the report needs the metrics' packages (rouge, jieba)
         for name in METHODS:
             predict(args, data, point_folder(out, n, b, name), point_flags(name, b, args.sink_len))
         return
-    from vatp.analysis.report import load_run, load_samples, markdown_table, paired_table, write_report
+    from vatp.analysis.report import markdown_table, paired_table, write_report
 
     runs, samples = [full_run] if full_run else [], {}
     for name, (label, _) in METHODS.items():
@@ -261,8 +279,8 @@ def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found:
         if folder is None:
             found.missing.append(f"{label} at ~{n} tokens, {round(100 * b)}% budget")
             continue
-        runs.append(load_run(label, folder))
-        samples[name] = load_samples(folder)
+        run, samples[name] = scored_run(label, folder)
+        runs.append(run)
         found.add_run((n, b, name), runs[-1], samples[name], folder)
     if not runs:
         return
@@ -301,7 +319,7 @@ def intervals_json(found: Findings) -> str:
                    for (n, b, base, vatp), c in found.comparisons.items()}}, indent=1)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="study_out")
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -320,9 +338,53 @@ def main(argv=None) -> int:
     only.add_argument("--report_only", action="store_true",
                       help="generate nothing; score and report the points whose predictions are complete")
     only.add_argument("--predict_only", action="store_true", help="only generate: no eval.py, no report")
-    args = p.parse_args(argv)
-    if args.jobs < 1:
-        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    return p.parse_args(argv)
+
+
+def check_args(args) -> None:
+    """StudyError for a value the grid cannot use, before anything runs (the suite, pred.py and eval.py
+    would each stop on it, some only after hours of others' work)."""
+    for name in ("tokens", "budgets"):
+        values = getattr(args, name)
+        if repeated := sorted({v for v in values if values.count(v) > 1}):
+            raise StudyError(f"--{name} repeats {', '.join(map(str, repeated))}; give each value once")
+    if min(args.tokens) < MIN_TOKENS:
+        raise StudyError(f"--tokens must be >= {MIN_TOKENS} (the offline suite's smallest context), got "
+                         f"{min(args.tokens)}")
+    if not all(0.0 < b <= 1.0 for b in args.budgets):
+        raise StudyError(f"--budgets must be shares of the prompt in (0, 1], got {args.budgets}")
+    for name in ("samples", "batch_size", "jobs"):
+        if getattr(args, name) < 1:
+            raise StudyError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.sink_len < 0:
+        raise StudyError(f"--sink_len must be >= 0, got {args.sink_len}")
+    if args.report_only and not Path(args.out).is_dir():
+        raise StudyError(f"--out {args.out} is not a folder, so there is nothing to report; give the --out of a "
+                         "study, or run without --report_only first")
+
+
+def main(argv=None) -> int:
+    """Run the study: 0 when done; 2 with one ``study.py: error:`` line (a failed step: its exit status);
+    130 with one line on Ctrl-C."""
+    args = parse_args(argv)
+    try:
+        check_args(args)
+        return study(args, " ".join(argv or sys.argv[1:]))
+    except (StudyError, OSError) as err:
+        print(f"study.py: error: {err}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as err:
+        print(f"study.py: error: {' '.join(map(str, err.cmd))} exited with status {err.returncode} (its message "
+              "is above); fix that, then rerun the same command: finished points are reused", file=sys.stderr)
+        return err.returncode if err.returncode > 0 else 2
+    except KeyboardInterrupt:
+        print("study.py: interrupted; rerun the same command to resume (finished points are reused)",
+              file=sys.stderr)
+        return 130
+
+
+def study(args, command: str) -> int:
+    """Generate (unless --report_only), score and report the grid; write study.md and the rest."""
     out = Path(args.out).resolve()
     if args.jobs > 1 and not args.report_only:
         generate_in_parallel(args, out)
@@ -338,10 +400,8 @@ def main(argv=None) -> int:
         full = predict(args, data, point_folder(out, n, 1.0, "full"), point_flags("full", 1.0, args.sink_len))
         full_run = None
         if full:  # never with --predict_only, which runs without the report's metrics packages
-            from vatp.analysis.report import load_run, load_samples
-
-            full_run = load_run("Full cache", full)
-            found.add_run((n, 1.0, "full"), full_run, load_samples(full), full)
+            full_run, samples = scored_run("Full cache", full)
+            found.add_run((n, 1.0, "full"), full_run, samples, full)
         for b in args.budgets:
             budget_point(args, data, out, n, b, full_run, found)
     if args.predict_only:
@@ -349,7 +409,7 @@ def main(argv=None) -> int:
         return 0
     if found.scores:
         averages_chart(found.scores, found.intervals, args.tokens, args.budgets, out / "averages.png")
-    text = study_text(args, " ".join(argv or sys.argv[1:]), found)
+    text = study_text(args, command, found)
     (out / "study.md").write_text(text)
     (out / "scores.json").write_text(json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in found.scores.items()},
                                                 indent=1))

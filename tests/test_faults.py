@@ -847,3 +847,16 @@ def test_pred_names_the_damaged_converted_copy_to_delete(data, tmp_path, convert
     assert line.endswith(f"; the converted copy in {damaged} may be damaged: delete that folder and rerun "
                          "(it is converted again)")
     assert tree(tmp_path) == before  # no lock, no folder left
+
+
+def test_figures_refuses_an_empty_prompt_file_before_loading_the_model(tmp_path, capsys):
+    from vatp.analysis import figures
+
+    for text in ("", " \n\t\n"):
+        prompt = tmp_path / "prompt.txt"
+        prompt.write_text(text)
+        before = tree(tmp_path)
+        assert figures.main(["--prompt-file", str(prompt), "--out", str(tmp_path / "figs")]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"figures: error: {prompt}: empty; put the text to look at in it, or leave --prompt-file out"]
+        assert tree(tmp_path) == before

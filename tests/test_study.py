@@ -2,6 +2,7 @@
 kept-set diagnostic."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,65 @@ def test_vatp_keeps_its_sinks_after_the_prompt():
     assert keep.shape == (2, 4, 80)
     assert keep[..., :4].all()  # the sinks
     assert (keep.sum(-1) == 40).all()  # heavy 20 + recent 20 of the 80 prompt tokens
+
+
+# --- issue 28: flags checked first, one line for a problem, a failed step or Ctrl-C ----------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tokens", "100"], "--tokens must be >= 200 (the offline suite's smallest context), got 100"),
+    (["--tokens", "1000", "1000"], "--tokens repeats 1000; give each value once"),
+    (["--budgets", "0.2", "0.5", "0.2"], "--budgets repeats 0.2; give each value once"),
+    (["--budgets", "0"], "--budgets must be shares of the prompt in (0, 1], got [0.0]"),
+    (["--budgets", "1.5"], "--budgets must be shares of the prompt in (0, 1], got [1.5]"),
+    (["--samples", "0"], "--samples must be >= 1, got 0"),
+    (["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+    (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["--sink_len", "-1"], "--sink_len must be >= 0, got -1"),
+    (["--report_only"], "--out {out} is not a folder, so there is nothing to report; give the --out of a study, "
+                        "or run without --report_only first"),
+])
+def test_a_flag_the_grid_cannot_use_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch, flags, message):
+    """--tokens 100 failed in the suite's builder, and --report_only on a missing --out inside, as tracebacks."""
+    study, out = _study(), tmp_path / "out"
+    monkeypatch.setattr(study, "run", lambda cmd: pytest.fail(f"ran {cmd}"))
+    assert study.main(["--out", str(out), *flags]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"study.py: error: {message.format(out=out)}"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_failed_step_is_one_line_with_its_exit_status(tmp_path, capsys, monkeypatch):
+    study = _study()
+
+    def fail(cmd):
+        raise study.subprocess.CalledProcessError(2, cmd)
+
+    monkeypatch.setattr(study, "run", fail)
+    assert study.main(["--out", str(tmp_path), "--tokens", "300"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"study.py: error: {sys.executable} -m vatp.longbench.suite --out {tmp_path.resolve()}")
+    assert line.endswith(" exited with status 2 (its message is above); fix that, then rerun the same command: "
+                         "finished points are reused")
+
+
+def test_ctrl_c_is_one_line(tmp_path, capsys, monkeypatch):
+    study = _study()
+
+    def interrupt(cmd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "run", interrupt)
+    assert study.main(["--out", str(tmp_path), "--tokens", "300"]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "study.py: interrupted; rerun the same command to resume (finished points are reused)"]
+
+
+def test_a_broken_result_file_is_one_line(tmp_path, capsys):
+    study, model = _study(), "tiny-model"
+    _finished_run(tmp_path / "t1000" / "full" / model, lambda i: True)
+    (tmp_path / "t1000" / "full" / model / "result.json").write_text('{"offline_qa": "high"}')
+    (tmp_path / "data_1000").mkdir()
+    assert study.main(["--out", str(tmp_path), "--model", model, "--tokens", "1000", "--budgets", "0.5",
+                       "--report_only"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"study.py: error: {tmp_path / 't1000' / 'full' / model / 'result.json'}: 'offline_qa' "
+                           "has 'high'; expected a finite score")

@@ -139,14 +139,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def read_prompt(path: Path | None) -> str:
+    """The text of ``--prompt-file`` (ValueError naming it if it is empty or not UTF-8), or the default prompt."""
+    if path is None:
+        return default_prompt()
+    try:
+        prompt = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 ({err}); save it as UTF-8") from None
+    if not prompt.strip():
+        raise ValueError(f"{path}: empty; put the text to look at in it, or leave --prompt-file out")
+    return prompt
+
+
 def main(argv=None) -> int:
+    """Write the figures: 0 when done; 1 with one ``figures: error:`` line; 130 with one line on Ctrl-C."""
     from ..longbench.data import resolve_model
-    from ..methods import BudgetError
     from ..longbench.models import ModelLoadError, load_model_and_tokenizer
+    from ..methods import BudgetError
 
     args = parse_args(argv)
     try:
-        prompt = args.prompt_file.read_text(encoding="utf-8") if args.prompt_file else default_prompt()
+        prompt = read_prompt(args.prompt_file)
         model, tokenizer = load_model_and_tokenizer(resolve_model(args.model)[0], args.dtype, args.device)
         figures = make_figures(model, tokenizer, prompt, args.layer, args.head, args.heavy_ratio, args.sink_len)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +171,9 @@ def main(argv=None) -> int:
     except (ModelLoadError, BudgetError, ValueError, OSError) as err:
         print(f"figures: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("figures: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
