@@ -97,7 +97,7 @@ def test_decode_step_gives_pruned_keys_exactly_zero_probability():
         ref = torch.softmax(q[0, h, -1] @ k[0, h // 2, kept].T * 0.25, -1) @ v[0, h // 2, kept]
         torch.testing.assert_close(out[0, 0, h], ref, rtol=1e-5, atol=1e-6)
     # The model's own attention (SDPA) over the same kept keys, for methods that score nothing then.
-    torch.testing.assert_close(model_decode_step(q[:, :, -1:], k, v, keep[None], 0.25), out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model_decode_step(q[:, :, -1:], k, v, keep[None, :, None], 0.25), out, rtol=1e-5, atol=1e-6)
 
 
 def test_the_models_own_prompt_attention_equals_eager_output():

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .methods import Method, get_method
-from .names import BACKENDS, METHODS, SCORE_DTYPES, SCORINGS, check_choice, paper_method
+from .names import BACKENDS, COMPILE_MODES, METHODS, SCORE_DTYPES, SCORINGS, check_choice, paper_method
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class VatpConfig:
         the model dtype before they are summed, scores accumulated in it) or
         "float32". None: "model", except float32 for bfloat16 models, where
         a decode step's increment of ~1/L vanishes (1.0 + 2.5e-4 == 1.0).
+    compile: a ``torch.compile`` mode ("default", "reduce-overhead" for CUDA
+        graphs, "max-autotune") for vatp's decode step of each layer, compiled
+        with ``fullgraph=True``; None: eager.
     """
 
     heavy_ratio: float = 0.1
@@ -40,6 +43,7 @@ class VatpConfig:
     scoring: str | None = None
     chunk_size: int = 512
     score_dtype: str | None = None
+    compile: str | None = None
 
     def __post_init__(self):
         for name, kinds in (("heavy_ratio", (int, float)), ("sink_len", int), ("chunk_size", int), ("apval", bool)):
@@ -57,6 +61,8 @@ class VatpConfig:
             check_choice("scoring", self.scoring, SCORINGS)
         if self.score_dtype is not None:
             check_choice("score_dtype", self.score_dtype, SCORE_DTYPES)
+        if self.compile is not None:
+            check_choice("compile mode", self.compile, COMPILE_MODES)
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 

@@ -147,17 +147,18 @@ def keep_slots(scores: torch.Tensor, positions: torch.Tensor, attended: torch.Te
     ``heavy + recent`` cached tokens plus the incoming one (its code meant
     ``recent - 1`` and keeps one more through a write via a view).
     """
-    recent = positions >= cached - limits.recent
-    older = attended & ~recent
-    ranked = rank_key(scores, positions).masked_fill(~older, torch.iinfo(torch.int64).min)
+    # A row that does not prune keeps every attended slot: its recent window reaches back to every position.
+    recent_from = torch.where(cached > limits.prune_above, cached - limits.recent, NO_POSITION)  # (B, 1, 1)
+    recent = positions >= recent_from
+    older = attended > recent  # attended and not recent
+    ranked = torch.where(older, rank_key(scores, positions), torch.iinfo(torch.int64).min)
     # A heavy budget wider than the slots belongs to a row that cannot prune yet.
     chosen = limits.ranked[..., :scores.shape[-1]]
     best = ranked.topk(chosen.shape[-1], dim=-1).indices  # (B, H, heavy_max), best first
     heavy = torch.zeros_like(attended).scatter_(-1, best, chosen.expand_as(best))
-    keep = attended & (recent | heavy)
-    return torch.where(cached > limits.prune_above, keep, attended)
+    return attended & (recent | heavy)
 
 
 def drop_pruned(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Pruned slots' scores become -inf: they are masked from now on and never ranked again. (B, H, C) each."""
-    return scores.masked_fill(~keep, float("-inf"))
+    return torch.where(keep, scores, float("-inf"))

@@ -186,16 +186,15 @@ def decode_step(query, key, value, attended: torch.Tensor | None, scaling, score
     return out.view(batch, 1, heads, value.shape[3]), scored
 
 
-def model_decode_step(query, key, value, attended: torch.Tensor | None, scaling):
-    """The model's own attention (SDPA) of one new query per row over the ``attended`` slots, nothing scored.
+def model_decode_step(query, key, value, mask: torch.Tensor | None, scaling):
+    """The model's own attention (SDPA) of one new query per row over the slots ``mask`` lets it see, nothing scored.
 
-    query (B, heads, 1, d), key (B, kv_heads, C, d), value (B, kv_heads, C, dv), attended (B, kv_heads, C)
-    bool or None (every slot) -> (B, 1, heads, dv). A GQA group's query heads are its KV head's query rows,
-    so one mask per KV head needs no copy of the cache per query head.
+    query (B, heads, 1, d), key (B, kv_heads, C, d), value (B, kv_heads, C, dv), mask (B, kv_heads, 1, C): bool
+    (True: attended) or additive, or None (every slot) -> (B, 1, heads, dv). A GQA group's query heads are its
+    KV head's query rows, so one mask per KV head needs no copy of the cache per query head.
     """
     batch, heads, d = query.shape[0], query.shape[1], query.shape[3]
     kv_heads = key.shape[1]
     q = query.view(batch, kv_heads, heads // kv_heads, d)
-    mask = None if attended is None else attended[:, :, None, :]
     out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)  # (B, kv_heads, group, dv)
     return out.view(batch, 1, heads, value.shape[3])

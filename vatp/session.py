@@ -36,6 +36,9 @@ class VatpSession:
         scorings = {"eager": lambda: scoring.eager_prefill, "chunked": lambda: self._chunked_prefill,
                     "fused": _load_fused_prefill}
         self._prefill = scorings[config.resolved_scoring]()
+        if config.compile is not None:  # one graph for every layer: the state is in its arguments
+            self._decode = torch.compile(self._decode, fullgraph=True, mode=config.compile)
+            self._decode_kept = torch.compile(self._decode_kept, fullgraph=True, mode=config.compile)
 
     def start_sample(self, pads: list[int], cache) -> None:
         """A new prompt (the decoder's pre-hook calls this on an empty cache): forget the last sample."""
@@ -78,11 +81,14 @@ class VatpSession:
         support.check_decode_step(q_len, kv_len, state is not None and state.cached.shape[0] == query.shape[0])
         if window is not None:  # windowed models only: one host sync per step
             support.check_window(layer_idx, window, int(state.cached.max()) + 1)
-        if state.scores is None:  # a method that prunes only the prompt: the model's own attention
-            self.backend.open_slot(state, None)
-            state.cached += 1
-            return scoring.model_decode_step(query, key, value, state.attended, scaling)
+        if state.scores is None:  # a method that prunes only the prompt
+            return self._decode_kept(state, query, key, value, scaling)
         return self._decode(state, query, key, value, scaling)
+
+    def _decode_kept(self, state: Slots, query, key, value, scaling):
+        """A decode step of a method that pruned only the prompt: the model's own attention over what it kept."""
+        self.backend.open_slot(state, None)
+        return scoring.model_decode_step(query, key, value, state.bias, scaling)
 
     def _decode(self, state: Slots, query, key, value, scaling):
         """One decode step of every row at once: attend, score, decide, in a fixed number of tensor ops."""
@@ -96,11 +102,11 @@ class VatpSession:
             out, probs = scoring.decode_step(query, key, value, state.attended, scaling, state.scores.dtype)
             step = probs[:, :, 0] if probs.shape[2] == 1 else probs.mean(dim=2)  # (B, kv_heads, C): GQA group mean
         else:
-            out = scoring.model_decode_step(query, key, value, state.attended, scaling)
+            out = scoring.model_decode_step(query, key, value, state.attended[:, :, None, :], scaling)
         scores = method.step_scores(state.scores, step, state.norms)
         state.cached += 1
         keep = policy.keep_slots(scores, state.positions, state.attended, state.cached, state.limits)
-        self.backend.close_step(state, policy.drop_pruned(scores, keep), keep)
+        self.backend.close_step(state, scores, keep)
         return out
 
     def _attend_prompt(self, layer_idx, module, query, key, value, mask, scaling):

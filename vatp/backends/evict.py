@@ -22,7 +22,7 @@ import torch
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .. import support
-from ..policy import NO_POSITION
+from ..policy import NO_POSITION, drop_pruned
 from .slots import Slots, append_slot
 
 
@@ -32,7 +32,6 @@ class EvictState(Slots):
     into (the layer's own ``free``), or None where the cache grows by a slot per step."""
 
     free: torch.Tensor | None = None
-    layer: DynamicLayer | None = None
 
 
 class SlotLayer(DynamicLayer):
@@ -65,6 +64,9 @@ class EvictBackend:
 
     def after_prompt(self, layer_idx: int, slots: Slots, keep: torch.Tensor, cache, method) -> EvictState:
         """Gather each row's kept tokens (and their state), oldest first, into a compacted cache layer."""
+        if cache is None:
+            raise support.UnsupportedError("the evict backend compacts the model's cache: call the model (its "
+                                           "decoder's pre-hook hands vatp the cache), not the session directly")
         layer = cache.layers[layer_idx]
         _check_compactable(layer, layer_idx, keep.shape[1], keep.shape[2])
         counts = keep.sum(dim=-1, keepdim=True)  # (B, kv_heads, 1) tokens kept
@@ -86,7 +88,8 @@ class EvictBackend:
             state.layer = cache.layers[layer_idx] = DynamicLayer()
             state.layer.lazy_initialization(keys, values)
             state.layer.keys, state.layer.values = keys, values
-            state.attended = None if bool((counts == kept).all()) else held
+            equal = not method.prunes_while_decoding and bool((counts == kept).all())
+            state.attended = None if equal else held  # None: every slot holds a kept token
         else:
             state.free = counts  # the first unused slot; the layer reads the same tensor
             state.layer = cache.layers[layer_idx] = SlotLayer(keys, values, state.free)
@@ -94,8 +97,8 @@ class EvictBackend:
         if method.prunes_while_decoding:
             state.scores = gather(slots.scores, float("-inf"))
             state.norms = None if slots.norms is None else gather(slots.norms, 0)
-        else:  # nothing left to score
-            state.scores = state.norms = None
+        else:
+            state.stop_scoring(keys.dtype)
         return state
 
     def incoming_values(self, state: EvictState, value: torch.Tensor) -> torch.Tensor:
@@ -117,13 +120,14 @@ class EvictBackend:
             state.norms.scatter_(-1, state.free, norms)
 
     def close_step(self, state: EvictState, scores: torch.Tensor, keep: torch.Tensor) -> None:
-        """The kept slots are the next step's; the next token goes into the first slot left free."""
+        """The kept slots are the next step's (pruned tokens' scores become -inf); the next token goes into the first
+        slot left free. In place where the slots are fixed."""
         if state.free is None:
-            state.scores, state.attended = scores, keep
+            state.scores, state.attended = drop_pruned(scores, keep), keep
             return
-        state.scores.copy_(scores)
+        state.scores.copy_(drop_pruned(scores, keep))
         state.attended.copy_(keep)
-        state.free.copy_((~keep).to(torch.uint8).argmax(dim=-1, keepdim=True))  # one exists: capacity > budget
+        torch.argmin(keep.to(torch.uint8), dim=-1, keepdim=True, out=state.free)  # one exists: capacity > budget
 
 
 def _widen(tensor: torch.Tensor, width: int, fill) -> torch.Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..policy import drop_pruned
 from .slots import Slots, append_slot
 
 
@@ -21,8 +22,9 @@ class MaskBackend:
         """The prompt's decision stands as a mask over the untouched cache."""
         state = MaskState(**vars(slots))
         state.attended = keep
-        if not method.prunes_while_decoding:  # nothing left to score: keep only the mask
-            state.scores = state.norms = None
+        state.layer = None if cache is None else cache.layers[layer_idx]
+        if not method.prunes_while_decoding:
+            state.stop_scoring(state.layer.keys.dtype if state.layer is not None else slots.scores.dtype)
         return state
 
     def incoming_values(self, state: MaskState, value: torch.Tensor) -> torch.Tensor:
@@ -34,5 +36,5 @@ class MaskBackend:
         append_slot(state, norms)
 
     def close_step(self, state: MaskState, scores: torch.Tensor, keep: torch.Tensor) -> None:
-        """The step's scores and decision are the next step's."""
-        state.scores, state.attended = scores, keep
+        """The step's decision is the next step's mask; pruned tokens' scores become -inf."""
+        state.scores, state.attended = drop_pruned(scores, keep), keep

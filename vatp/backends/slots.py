@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..policy import Budget, Limits
 
@@ -27,6 +28,13 @@ class Slots:
         incoming token's slot is added when it comes); None: every slot (no mask needed).
     cached (B, 1, 1) int64: the tokens each row has seen, K (pruned ones included).
     budgets: each row's budget at this layer; limits: the same as tensors.
+
+    layer: the cache layer that holds these slots' keys and values (None without a cache).
+
+    A method that prunes only the prompt keeps none of this up to date while decoding: its
+    ``attended``, ``positions`` and ``cached`` stay the prompt's (the tokens appended since, all
+    kept, are :attr:`decoded`), and ``bias`` (B, kv_heads, 1, C), 0 or -inf in the model dtype,
+    is the mask its decode steps hand the model's own attention (None: every slot).
     """
 
     scores: torch.Tensor | None
@@ -36,6 +44,23 @@ class Slots:
     cached: torch.Tensor
     budgets: list[Budget]
     limits: Limits
+    layer: object = None
+    bias: torch.Tensor | None = None
+
+    @property
+    def decoded(self) -> int:
+        """Tokens appended since the prompt by a method that prunes only the prompt (it does not track them)."""
+        if self.scores is not None or self.layer is None:
+            return 0
+        return self.layer.keys.shape[-2] - self.positions.shape[-1]
+
+    def stop_scoring(self, dtype: torch.dtype) -> None:
+        """After the prompt's decision of a method that prunes only the prompt: drop what only scoring needs,
+        and keep the decision as an additive mask in the model's ``dtype`` (where some slot is not kept)."""
+        self.scores = self.norms = None
+        if self.attended is not None:
+            bias = torch.zeros(self.attended.shape, dtype=dtype, device=self.attended.device)
+            self.bias = bias.masked_fill_(~self.attended, float("-inf"))[:, :, None, :]
 
 
     # -- in token order, for inspection (each call syncs with the device) -------------------------
@@ -67,20 +92,25 @@ class Slots:
         held = positions >= 0
         if kept and self.attended is not None:
             held = held & self.attended[row]
+        if self.decoded:  # tokens appended since the prompt by a method that prunes only the prompt: all kept
+            new = torch.arange(cached, cached + self.decoded, device=positions.device).expand(heads, -1)
+            positions, held = torch.cat([positions, new], dim=1), torch.cat([held, torch.ones_like(new, dtype=bool)], 1)
+            cached += self.decoded
         return torch.where(held, positions, cached + 1), cached
 
 
 def append_slot(state: Slots, new_norms: torch.Tensor | None) -> None:
     """Give the incoming token a new slot at the end: attended, score 0, its position (``cached``) and value norm.
 
-    new_norms (B, kv_heads, 1) or None. A method that decides nothing while decoding has no scores
-    to extend (and no mask either where every slot is attended).
+    new_norms (B, kv_heads, 1) or None. A method that decides nothing while decoding only widens its
+    attention mask (and not even that where every slot is attended).
     """
-    if state.attended is not None:
-        state.attended = torch.cat([state.attended, state.attended.new_ones(*state.attended.shape[:2], 1)], dim=-1)
-    state.positions = torch.cat([state.positions, state.cached.expand(-1, state.positions.shape[1], 1)], dim=-1)
     if state.scores is None:
+        if state.bias is not None:
+            state.bias = F.pad(state.bias, (0, 1))
         return
-    state.scores = torch.cat([state.scores, state.scores.new_zeros(*state.scores.shape[:2], 1)], dim=-1)
+    state.attended = F.pad(state.attended, (0, 1), value=True)
+    state.scores = F.pad(state.scores, (0, 1))
+    state.positions = torch.cat([state.positions, state.cached.expand(-1, state.positions.shape[1], 1)], dim=-1)
     if new_norms is not None:
         state.norms = torch.cat([state.norms, new_norms], dim=-1)
