@@ -11,8 +11,10 @@ from conftest import tiny_llama
 from vatp.names import METHODS
 
 LENGTHS = [150, 57, 95]  # 150 - 57 = 93: more than the budgets of the shorter rows (38, 66)
-VARIANTS = [(method, apval) for method in METHODS for apval in (False, True)]
-VARIANT_IDS = [vatp.names.method_label(m, a) for m, a in VARIANTS]
+# Every method with and without VATP; AdaKV's head budgets on one decoding and one prompt-only method.
+VARIANTS = [(method, apval, False) for method in METHODS for apval in (False, True)] + [
+    ("h2o", True, True), ("snapkv", False, True)]
+VARIANT_IDS = [vatp.names.method_label(m, a) + ("+AdaKV" if k else "") for m, a, k in VARIANTS]
 STEPS = 16
 
 
@@ -45,10 +47,10 @@ def _kept(session, row):
 @pytest.mark.parametrize("backend", ["mask", "evict"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 def test_a_batch_equals_each_row_alone(variant, backend):
-    method, apval = variant
+    method, apval, adakv = variant
     model = tiny_llama(num_heads=6, num_kv_heads=2, hidden=96)
     prompts = _prompts(LENGTHS)
-    settings = dict(method=method, apval=apval, heavy_ratio=0.35, sink_len=4, backend=backend)
+    settings = dict(method=method, apval=apval, adakv=adakv, heavy_ratio=0.35, sink_len=4, backend=backend)
     alone, kept_alone = [], []
     with vatp.enabled(model, **settings) as session:
         for prompt in prompts:

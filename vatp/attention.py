@@ -76,7 +76,7 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
     if getattr(model.config, "output_attentions", False):
         _warn_no_attentions()
     disable(model)
-    session = VatpSession(config)
+    session = VatpSession(config, num_layers=len(modules))
     previous = model.config._attn_implementation
     for module in modules:
         setattr(module, _SESSION_ATTR, session)

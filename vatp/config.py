@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .methods import Method, get_method
+from .methods import Method, ValueAware, get_method
 from .names import BACKENDS, COMPILE_MODES, METHODS, SCORE_DTYPES, SCORINGS, check_choice, paper_method
 
 
@@ -15,9 +15,12 @@ class VatpConfig:
 
     heavy_ratio: budget ratio r in (0, 1]. H2O keeps int(r*L) heavy + int(r*L)
         recent tokens of an L-token prompt (a 2r budget, as in the paper's code).
-    method: a name in :data:`vatp.names.METHODS`: "h2o" or "scissorhands" (the
-        paper's ``--h2o`` flag picks H2O), "streaming" or "snapkv".
+    method: a name in :data:`vatp.names.METHODS` ("h2o" or "scissorhands", which the
+        paper's ``--h2o`` flag picks between, "streaming", "snapkv", "tova", "knorm",
+        "criticalkv", "pyramidkv"), or a :class:`~vatp.methods.Method` of your own.
     apval: VATP: weight the method's scores by value L1 norms and protect the sinks.
+    adakv: AdaKV's head-adaptive budgets: each layer's heavy budget is spread over
+        its KV heads by score, the same total (:mod:`vatp.adakv`).
     sink_len: leading tokens always kept (with apval, as in the paper, and streaming).
     backend: "mask" (faithful: pruned tokens masked, cache keeps them) or
         "evict" (pruned tokens removed from the cache; same outputs).
@@ -36,8 +39,9 @@ class VatpConfig:
     """
 
     heavy_ratio: float = 0.1
-    method: str = "h2o"
+    method: str | Method = "h2o"
     apval: bool = False
+    adakv: bool = False
     sink_len: int = 0
     backend: str = "mask"
     scoring: str | None = None
@@ -46,14 +50,16 @@ class VatpConfig:
     compile: str | None = None
 
     def __post_init__(self):
-        for name, kinds in (("heavy_ratio", (int, float)), ("sink_len", int), ("chunk_size", int), ("apval", bool)):
+        for name, kinds in (("heavy_ratio", (int, float)), ("sink_len", int), ("chunk_size", int), ("apval", bool),
+                            ("adakv", bool)):
             value = getattr(self, name)
-            if not isinstance(value, kinds) or (name != "apval" and isinstance(value, bool)):
+            if not isinstance(value, kinds) or (kinds is not bool and isinstance(value, bool)):
                 raise ValueError(f"{name} must be {'a number' if name == 'heavy_ratio' else kinds.__name__}, "
                                  f"got {value!r}")
         if not 0.0 < self.heavy_ratio <= 1.0:
             raise ValueError(f"heavy_ratio must be in (0, 1], got {self.heavy_ratio}; 0.25 gives the paper's 50% budget")
-        check_choice("method", self.method, METHODS)
+        if not isinstance(self.method, Method):
+            check_choice("method", self.method, METHODS)
         if self.sink_len < 0:
             raise ValueError(f"sink_len must be >= 0, got {self.sink_len}")
         check_choice("backend", self.backend, BACKENDS)
@@ -83,6 +89,8 @@ class VatpConfig:
     @property
     def scorer(self) -> Method:
         """The method that scores tokens: ``method``, wrapped by VATP's value weighting if ``apval``."""
+        if isinstance(self.method, Method):
+            return ValueAware(self.method) if self.apval else self.method
         return get_method(self.method, self.apval)
 
     def score_dtype_name(self, model_dtype: torch.dtype) -> str:

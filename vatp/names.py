@@ -12,6 +12,10 @@ METHODS = {
     "scissorhands": "Scissorhands",
     "streaming": "StreamingLLM",
     "snapkv": "SnapKV",
+    "tova": "TOVA",
+    "knorm": "KNorm",
+    "criticalkv": "CriticalKV",
+    "pyramidkv": "PyramidKV",
 }
 # The paper's modifier, applicable to any method: it weights scores by value L1 norms.
 VALUE_AWARE = "VATP"
@@ -29,7 +33,7 @@ def paper_method(h2o: bool) -> str:
 
 def method_label(method: str, apval: bool = False) -> str:
     """``"H2O"``, ``"H2O+VATP"``, ...: how reports, progress bars and run records name a method."""
-    return METHODS[method] + (f"+{VALUE_AWARE}" if apval else "")
+    return METHODS.get(method, method) + (f"+{VALUE_AWARE}" if apval else "")
 
 
 def check_choice(kind: str, value: str, choices) -> str:

@@ -40,10 +40,6 @@ class Budget:
     def total(self) -> int:
         return self.heavy + self.recent
 
-    def kept(self, cached: int) -> int:
-        """How many of ``cached`` tokens a decision keeps (the incoming token aside)."""
-        return cached if self.keeps_all or cached <= self.total else self.total
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -51,17 +47,20 @@ class Limits:
 
     heavy (B, kv_heads | 1, 1), recent (B, 1, 1) and ``prune_above`` (B, kv_heads | 1, 1):
     a row prunes once it holds more tokens than this (its total, or "never" where
-    it keeps all). ``ranked`` (B, kv_heads | 1, heavy_max) bool: which of the
-    ``heavy_max`` best older tokens each row keeps (its first ``heavy``).
+    it keeps all). ``sinks``: the first tokens of every row that are always kept
+    (VATP, StreamingLLM), out of the heavy budget; 0 for none. ``ranked``
+    (B, kv_heads | 1, heavy_max) bool: which of the ``heavy_max`` best other older
+    tokens each row keeps (its first ``heavy - sinks``).
     """
 
     heavy: torch.Tensor
     recent: torch.Tensor
     prune_above: torch.Tensor
+    sinks: int
     ranked: torch.Tensor
 
     @classmethod
-    def of(cls, budgets: list[Budget], device, heavy: torch.Tensor | None = None) -> "Limits":
+    def of(cls, budgets: list[Budget], device, sinks: int = 0, heavy: torch.Tensor | None = None) -> "Limits":
         """From each row's budget; ``heavy`` (B, kv_heads, 1) overrides the rows' heavy budgets per head."""
         recent = torch.tensor([b.recent for b in budgets], device=device).view(-1, 1, 1)
         if heavy is None:
@@ -69,9 +68,9 @@ class Limits:
         never = torch.iinfo(torch.int64).max
         keeps_all = torch.tensor([b.keeps_all for b in budgets], device=device).view(-1, 1, 1)
         prune_above = torch.where(keeps_all, never, heavy + recent)
-        heavy_max = int(heavy.max()) if heavy.numel() else 0
-        ranked = torch.arange(heavy_max, device=device) < heavy
-        return cls(heavy=heavy, recent=recent, prune_above=prune_above, ranked=ranked)
+        ranked_max = max(int(heavy.max()) - sinks, 0) if heavy.numel() else 0
+        ranked = torch.arange(ranked_max, device=device) < heavy - sinks
+        return cls(heavy=heavy, recent=recent, prune_above=prune_above, sinks=sinks, ranked=ranked)
 
 
 def value_l1_norm(values: torch.Tensor) -> torch.Tensor:
@@ -139,9 +138,10 @@ def keep_slots(scores: torch.Tensor, positions: torch.Tensor, attended: torch.Te
     slots the step that produced ``scores`` attended (never anything else:
     a pruned token never returns); cached (B, 1, 1) int64, K, the tokens each
     row has seen. A row with ``K > heavy + recent`` keeps its ``recent``
-    newest tokens (positions >= K - recent) and the ``heavy`` best scores
-    among its older attended ones, equal scores to the older token
-    (:func:`rank_key`); other rows keep everything attended.
+    newest tokens (positions >= K - recent), its sinks (positions < sinks) and
+    the ``heavy - sinks`` best scores among its other attended ones, equal
+    scores to the older token (:func:`rank_key`); other rows keep everything
+    attended.
 
     For the paper's methods this is its code's rule: the kept set has
     ``heavy + recent`` cached tokens plus the incoming one (its code meant
@@ -150,7 +150,9 @@ def keep_slots(scores: torch.Tensor, positions: torch.Tensor, attended: torch.Te
     # A row that does not prune keeps every attended slot: its recent window reaches back to every position.
     recent_from = torch.where(cached > limits.prune_above, cached - limits.recent, NO_POSITION)  # (B, 1, 1)
     recent = positions >= recent_from
-    older = attended > recent  # attended and not recent
+    if limits.sinks:  # kept by position (a pruning row's sinks are all older than its recent window)
+        recent = recent | (positions < limits.sinks)
+    older = attended > recent  # attended and neither recent nor a sink
     ranked = torch.where(older, rank_key(scores, positions), torch.iinfo(torch.int64).min)
     # A heavy budget wider than the slots belongs to a row that cannot prune yet.
     chosen = limits.ranked[..., :scores.shape[-1]]

@@ -17,15 +17,16 @@ import warnings
 
 import torch
 
-from . import policy, scoring, support
+from . import adakv, policy, scoring, support
 from .backends import BACKENDS, Slots
 from .config import VatpConfig
 from .methods import Prompt
 
 
 class VatpSession:
-    def __init__(self, config: VatpConfig):
+    def __init__(self, config: VatpConfig, num_layers: int = 1):
         self.config = config
+        self.num_layers = num_layers  # attention layers of the model (a method may spread its budget over them)
         self.method = config.scorer
         self.backend = BACKENDS[config.backend]()
         self.layers: dict[int, Slots] = {}  # layer index -> its state, for the whole batch
@@ -119,24 +120,29 @@ class VatpSession:
         scores = query.new_full((batch, kv_heads, width), float("-inf"), dtype=score_dtype)
         norms = scores.new_zeros(scores.shape) if self.method.uses_values else None
         if batch == 1 and pads[0] == 0:  # the paper's case, as it computes it
-            out = self._score_row(layer_idx, module, 0, query, key, value, masks[0], scaling, scores, norms)
+            out = self._score_row(layer_idx, module, 0, query, key, value, masks[0], scaling, scores, norms,
+                                  budgets[0])
         else:
             out = query.new_zeros(batch, width, query.shape[1], value.shape[3])  # padding rows stay 0
             for b, pad in enumerate(pads):  # each row alone: its own tokens under its own mask
                 rows = slice(b, b + 1), slice(None), slice(pad, None)
                 out[b:b + 1, pad:] = self._score_row(layer_idx, module, b, query[rows], key[rows], value[rows],
-                                                     masks[b], scaling, scores, norms)
+                                                     masks[b], scaling, scores, norms, budgets[b])
         pad = torch.tensor(pads, device=key.device).view(-1, 1, 1)
         positions = (torch.arange(width, device=key.device) - pad).clamp_(min=policy.NO_POSITION)  # (B, 1, W)
         cached = width - pad
         attended = (positions >= 0).expand(batch, kv_heads, width)
-        limits = policy.Limits.of(budgets, key.device)
+        sinks = self.config.sink_len if self.method.protects_sinks else 0
+        limits = policy.Limits.of(budgets, key.device, sinks)
+        if self.config.adakv:
+            heavy = adakv.head_budgets(scores, positions, attended, cached, limits)
+            limits = policy.Limits.of(budgets, key.device, sinks, heavy=heavy)
         keep = policy.keep_slots(scores, positions, attended, cached, limits)
         slots = Slots(policy.drop_pruned(scores, keep), norms, positions, attended, cached, budgets, limits)
         self.layers[layer_idx] = self.backend.after_prompt(layer_idx, slots, keep, self.cache, self.method)
         return out
 
-    def _score_row(self, layer_idx, module, row, query, key, value, mask, scaling, scores, norms):
+    def _score_row(self, layer_idx, module, row, query, key, value, mask, scaling, scores, norms, budget):
         """One row's prompt: query (1, heads, L, d) -> output (1, L, heads, dv); writes the row's scores (and norms)
         into ``scores[row]`` (``norms[row]``), whose last L slots are its tokens."""
         score_dtype = scores.dtype
@@ -144,7 +150,7 @@ class VatpSession:
             out, attention = self._prefill(query, key, value, mask, scaling, self.method.window, score_dtype)
         else:
             out, attention = scoring.model_prefill(query, key, value, mask, scaling), None
-        prompt = Prompt(query, key, value, module, layer_idx, attention, self.config.sink_len, score_dtype)
+        prompt = Prompt(query, key, value, module, layer_idx, attention, self.config.sink_len, score_dtype, budget)
         length = key.shape[2]
         scores[row, :, -length:] = self.method.prompt_scores(prompt)
         if norms is not None:
@@ -152,7 +158,10 @@ class VatpSession:
         return out
 
     def _budget(self, layer_idx: int, prompt_len: int) -> policy.Budget:
-        budget = self.budget(prompt_len)
+        """The row's budget at this layer, once its budget is known to work (else a BudgetError)."""
+        self.budget(prompt_len)
+        budget = self.method.layer_budget(prompt_len, self.config.heavy_ratio, self.config.sink_len, layer_idx,
+                                          self.num_layers)
         if budget.keeps_all and layer_idx == 0:
             warnings.warn(f"heavy_ratio {self.config.heavy_ratio} gives a recent budget of 0 for a "
                           f"{prompt_len}-token prompt: nothing is pruned (as in the paper's code)", stacklevel=5)

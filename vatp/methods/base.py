@@ -28,6 +28,7 @@ class Prompt:
     the layer's attention inputs (keys after RoPE). ``attention`` (heads, L): the
     attention each key received, summed over the method's ``window`` of last
     queries, in ``score_dtype``; None for a method that does not use attention.
+    ``budget``: the row's budget at this layer.
     """
 
     query: torch.Tensor
@@ -38,6 +39,7 @@ class Prompt:
     attention: torch.Tensor | None
     sink_len: int
     score_dtype: torch.dtype
+    budget: Budget
 
     @property
     def kv_heads(self) -> int:
@@ -89,7 +91,8 @@ class Method:
         ``scores``: the running scores (the incoming token's slot holds 0, pruned
         and unused slots -inf); ``step``: the new query's attention, the mean over
         each GQA group (None where not ``uses_attention``); ``norms``: the value L1
-        norms where ``uses_values``.
+        norms where ``uses_values``. A slot holds different tokens in different KV
+        heads (the evict backend reuses freed slots per head): never mix heads.
         """
         return accumulate(scores, step)
 
@@ -97,6 +100,11 @@ class Method:
         """The budget for ``ratio``. It must depend on the ratio only through ``n = int(ratio * prompt_len)``,
         and a larger ``n >= 1`` must never break a budget that works (:func:`vatp.budget_hint.min_ratio`)."""
         raise NotImplementedError
+
+    def layer_budget(self, prompt_len: int, ratio: float, sink_len: int, layer: int, layers: int) -> Budget:
+        """The budget at layer ``layer`` of ``layers``: :meth:`budget`, the same at every layer, unless a method
+        spreads it over the layers (PyramidKV), keeping :meth:`budget`'s total over all of them."""
+        return self.budget(prompt_len, ratio, sink_len)
 
     def checked_budget(self, prompt_len: int, ratio: float, sink_len: int = 0, sinks: bool | None = None) -> Budget:
         """:meth:`budget`, or a :class:`~vatp.budget_hint.BudgetError` naming the smallest ratio that works."""

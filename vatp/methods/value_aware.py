@@ -40,3 +40,6 @@ class ValueAware(Method):
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         return self.inner.budget(prompt_len, ratio, sink_len)
+
+    def layer_budget(self, prompt_len: int, ratio: float, sink_len: int, layer: int, layers: int) -> Budget:
+        return self.inner.layer_budget(prompt_len, ratio, sink_len, layer, layers)
