@@ -127,7 +127,9 @@ class EvictBackend:
             return
         state.scores.copy_(drop_pruned(scores, keep))
         state.attended.copy_(keep)
-        torch.argmin(keep.to(torch.uint8), dim=-1, keepdim=True, out=state.free)  # one exists: capacity > budget
+        # The first free slot (one exists: capacity > budget). Not argmin over uint8: inductor (torch 2.13)
+        # returns 0 for it.
+        state.free.copy_((~keep).to(torch.int32).argmax(dim=-1, keepdim=True))
 
 
 def _widen(tensor: torch.Tensor, width: int, fill) -> torch.Tensor:
