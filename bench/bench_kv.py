@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from vatp.names import DTYPE_NAMES  # no torch import
+from vatp.names import DTYPE_NAMES, METHODS, method_label  # no torch import
 
 MODES = ("full", "mask", "evict")
 SHAPES = {"llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -32,6 +32,9 @@ SHAPES = {"llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidde
           # small weights, MHA: decode is bound by reading the KV cache, as the 7B shape is at 32k on a GPU
           "kv-heavy": dict(hidden_size=1024, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=16,
                            num_key_value_heads=16, vocab_size=1024),
+          # overhead-bound decode steps (the fast-decode issue's measurement): 8 query / 2 KV heads
+          "tiny-gqa": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                           num_key_value_heads=2, vocab_size=512),
           # a smoke-test size for CI
           "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=256)}
@@ -54,6 +57,11 @@ def load(args):
     return load_model_and_tokenizer(resolve_model(args.model)[0], args.dtype, args.device)[0]
 
 
+def settings_of(method: str) -> dict:
+    """H2O+VATP at the paper's 50% budget, or another method with VATP at the same budget."""
+    return {**{k: v for k, v in SETTINGS.items() if k != "h2o"}, "method": method}
+
+
 def memory_now(device) -> int:
     import torch
 
@@ -73,7 +81,8 @@ def measure(args, mode: str, lengths: list[int]) -> list[dict]:
 
     model = load(args)
     if mode != "full":
-        vatp.enable(model, backend=mode, scoring="eager" if mode == "mask" else args.scoring, **SETTINGS)
+        vatp.enable(model, backend=mode, scoring="eager" if mode == "mask" else args.scoring,
+                    **settings_of(args.method))
     points = []
     for length in lengths:
         try:
@@ -93,7 +102,7 @@ def measure_one(args, model, mode: str, length: int) -> dict:
     ids = torch.randint(10, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
     ids = ids.to(args.device)
     with torch.no_grad():
-        model(ids[:, :64])  # warm-up kernels and allocator
+        model(ids[:, :256])  # warm-up kernels and allocator (long enough for every method's budget)
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -178,7 +187,8 @@ def main(argv=None) -> int:
     model_arguments(p)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--scoring", choices=["chunked", "fused"], default="chunked", help="evict's prefill scoring")
+    p.add_argument("--scoring", choices=["chunked", "window", "fused"], default="chunked", help="evict's prefill scoring")
+    p.add_argument("--method", choices=list(METHODS), default="h2o", help="with VATP, at the 50%% budget")
     p.add_argument("--steps", type=int, default=16, help="decode steps timed after the prefill")
     p.add_argument("--out", default="bench/results/cpu", help="output prefix: OUT.json, OUT.md, OUT.png")
     p.add_argument("--point", nargs="+", metavar="MODE LENGTH", help=argparse.SUPPRESS)  # child process
@@ -206,11 +216,12 @@ def main(argv=None) -> int:
             points += found
     ok = [pt for pt in points if "error" not in pt]
     rows = ratios(ok)
-    title = (f"{args.shape or args.model}, {args.dtype}, {args.device}, H2O+VATP heavy_ratio 0.25 (50% budget), "
-             f"evict scoring {args.scoring}")
+    title = (f"{args.shape or args.model}, {args.dtype}, {args.device}, {method_label(args.method, True)} heavy_ratio "
+             f"0.25 (50% budget), evict scoring {args.scoring}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"title": title, "settings": SETTINGS, "steps": args.steps,
+    out.with_suffix(".json").write_text(json.dumps({"title": title, "settings": settings_of(args.method),
+                                                    "steps": args.steps,
                                                     "points": rows, "failed": [pt for pt in points if "error" in pt]},
                                                    indent=1))
     table = markdown(rows, title)

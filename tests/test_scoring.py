@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from vatp.scoring import chunked_prefill, decode_step, eager_prefill, model_decode_step, model_prefill, scaled_logits
+from vatp.scoring import (chunked_prefill, decode_step, eager_prefill, model_decode_step, model_prefill, scaled_logits,
+                          window_prefill)
 
 
 def _qkv(heads, kv_heads, length, d=16, seed=0, dtype=torch.float32):
@@ -106,3 +107,18 @@ def test_the_models_own_prompt_attention_equals_eager_output():
     for mask in (None, causal):
         torch.testing.assert_close(model_prefill(q, k, v, mask, 0.25), eager_prefill(q, k, v, mask, 0.25, None)[0],
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads,kv_heads,window", [(4, 4, 32), (6, 2, 400), (6, 2, 1), (4, 2, 500)])
+def test_window_scoring_sums_are_eagers_bit_for_bit_and_its_output_sdpas(dtype, heads, kv_heads, window):
+    q, k, v = (t.to(dtype) for t in _qkv(heads, kv_heads, 450))
+    out, sums = window_prefill(q, k, v, None, 0.125, window)
+    eager_out, eager_sums = eager_prefill(q, k, v, None, 0.125, window)
+    assert sums.dtype == dtype
+    if dtype == torch.float16:  # the paper's arithmetic: probabilities rounded to float16, then summed
+        assert torch.equal(sums, eager_sums)
+    else:  # a few query rows may take another matmul kernel than all of them: an ulp or so
+        torch.testing.assert_close(sums, eager_sums, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(out, model_prefill(q, k, v, None, 0.125), rtol=0, atol=0)
+    torch.testing.assert_close(out.float(), eager_out.float(), rtol=1e-2, atol=1e-2 if dtype == torch.float16 else 1e-5)

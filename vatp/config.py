@@ -25,7 +25,9 @@ class VatpConfig:
     backend: "mask" (faithful: pruned tokens masked, cache keeps them) or
         "evict" (pruned tokens removed from the cache; same outputs).
     scoring: "eager" (L x L probabilities, the paper's way), "chunked"
-        (eager's arithmetic in chunks of query rows) or "fused" (SDPA output
+        (eager's arithmetic in chunks of query rows), "window" (the model's own
+        SDPA for every query, eager's probabilities for the method's window of
+        last queries only; chunked for a method that scores every query) or "fused" (SDPA output
         and row log-sum-exp + a Triton column-sum kernel; CUDA, needs triton).
         None: eager for the mask backend, chunked for evict.
     chunk_size: query rows per chunk for chunked scoring.

@@ -35,7 +35,7 @@ class VatpSession:
         self.attended: set[int] = set()  # layers attended in the prompt's forward
         self._row_masks = None  # (the prompt's mask, each row's own mask): worked out once per mask
         scorings = {"eager": lambda: scoring.eager_prefill, "chunked": lambda: self._chunked_prefill,
-                    "fused": _load_fused_prefill}
+                    "window": lambda: self._window_prefill, "fused": _load_fused_prefill}
         self._prefill = scorings[config.resolved_scoring]()
         if config.compile is not None:  # one graph for every layer: the state is in its arguments
             self._decode = torch.compile(self._decode, fullgraph=True, mode=config.compile)
@@ -175,6 +175,11 @@ class VatpSession:
 
     def _chunked_prefill(self, query, key, value, mask, scaling, window, score_dtype):
         return scoring.chunked_prefill(query, key, value, mask, scaling, window, self.config.chunk_size, score_dtype)
+
+    def _window_prefill(self, query, key, value, mask, scaling, window, score_dtype):
+        if window is None:  # every query is scored: chunked computes the output with the probabilities
+            return self._chunked_prefill(query, key, value, mask, scaling, window, score_dtype)
+        return scoring.window_prefill(query, key, value, mask, scaling, window, score_dtype)
 
 
 def _load_fused_prefill():
