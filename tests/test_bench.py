@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow  # runs subprocesses
 
 def test_bench_smoke_reports_half_the_kv_for_evict(tmp_path):
     out = tmp_path / "bench"
-    subprocess.run([sys.executable, "bench/bench_kv.py", "--shape", "tiny", "--lengths", "128", "--steps", "3",
+    subprocess.run([sys.executable, "bench/bench_kv.py", "--shape", "tiny", "--lengths", "128", "--steps", "3", "--warmup", "0",
                     "--out", str(out)], check=True, cwd=REPO, capture_output=True)
     result = json.loads(out.with_suffix(".json").read_text())
     points = {p["mode"]: p for p in result["points"]}
@@ -34,3 +34,18 @@ def test_batch_bench_smoke_reports_every_mode_and_batch_size(tmp_path):
     assert [(r["mode"], r["batch"]) for r in rows] == [(m, b) for m in ("full", "mask", "evict") for b in (1, 2)]
     assert all(r["tokens_per_s"] == pytest.approx(3 * r["samples_per_s"], rel=1e-3) for r in rows)  # 3 tokens a sample
     assert out.with_suffix(".md").read_text().count("\n| evict |") == 2 and out.with_suffix(".png").is_file()
+
+
+def test_decode_bench_counts_ops_and_syncs_per_step(tmp_path):
+    out = tmp_path / "decode"
+    subprocess.run([sys.executable, "bench/bench_decode.py", "--shape", "tiny", "--length", "96", "--spread", "16",
+                    "--new_tokens", "3", "--batches", "1", "2", "--methods", "h2o", "snapkv", "--apval", "1",
+                    "--repeats", "1", "--out", str(out)], check=True, cwd=REPO, capture_output=True)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert len(rows) == 2 * (1 + 2 * 2)  # per batch size: the full cache, 2 methods x 2 backends
+    ops = {(r["variant"], r["backend"], r["batch"]): r["ops"] for r in rows}
+    for variant in ("H2O+VATP", "SnapKV+VATP"):
+        for backend in ("mask", "evict"):
+            assert ops[(variant, backend, 2)] <= 1.25 * ops[(variant, backend, 1)]  # no op per row
+    assert all(r["syncs"] <= 1 for r in rows)  # the full cache's one (transformers'), no more
+    assert out.with_suffix(".png").stat().st_size > 10_000

@@ -59,10 +59,6 @@ class VatpSession:
         state = self.layers[min(self.layers)]
         return state.cached[:1, 0] + self.pads[0] + torch.arange(new_tokens, device=state.cached.device)
 
-    def kept_positions(self, layer_idx: int, row: int = 0) -> list[list[int]]:
-        """Per KV head, the positions (of row ``row``'s own tokens, in order) that layer ``layer_idx`` keeps."""
-        return self.layers[layer_idx].kept_positions(row)
-
     # -- the attention call ---------------------------------------------------
     def attend(self, layer_idx: int, query, key, value, mask, scaling, window: support.Window | None = None,
                module=None):
