@@ -107,7 +107,8 @@ def test_casebook_matches_longbench(metric, prediction, answer, all_classes, exp
 
 
 def test_every_metric_is_in_the_casebook():
-    assert {case[0] for case in CASEBOOK} == set(m.DATASET2METRIC.values())
+    # string_match_all is RULER's, not LongBench's: its hand-computed cases are STRING_MATCH_ALL below.
+    assert {case[0] for case in CASEBOOK} | {m.string_match_all_score} == set(m.DATASET2METRIC.values())
 
 
 def _random_text(rng: random.Random, n: int) -> str:
@@ -231,10 +232,42 @@ def test_datasets_and_first_line_sets():
     longbench = {"narrativeqa", "qasper", "multifieldqa_en", "multifieldqa_zh", "hotpotqa", "2wikimqa", "musique",
                  "dureader", "gov_report", "qmsum", "multi_news", "vcsum", "trec", "triviaqa", "samsum", "lsht",
                  "passage_count", "passage_retrieval_en", "passage_retrieval_zh", "lcc", "repobench-p"}
-    offline = {"offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify", "offline_summ"}
+    offline = {"offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify",
+               "offline_niah_single", "offline_niah_multikey", "offline_niah_multivalue", "offline_vt", "offline_cwe",
+               "offline_qa_haystack"}
     assert set(m.DATASET2METRIC) == longbench | offline
     assert m.FIRST_LINE_DATASETS == {"trec", "triviaqa", "samsum", "lsht", "offline_classify"}
     assert m.score_sample("offline_retrieval", "Paragraph 7", ["Paragraph 7"], None) == 1.0
+
+
+# (prediction, answer listing its items, RULER's string_match_all as computed by hand)
+STRING_MATCH_ALL = [
+    ("The special magic number for misty-falcon is 4512873.", "4512873", 1.0),
+    ("It is **4512873**.", "4512873", 1.0),  # markup is punctuation, dropped
+    ("4,512,873", "4512873", 1.0),  # so are thousands separators
+    ("45128731", "4512873", 0.0),  # a whole word, not a substring (RULER's substring test would give 1)
+    ("4512873 and 9921034", "4512873, 9921034, 1000000, 2000000", 0.5),
+    ("9921034, 4512873", "4512873, 9921034", 1.0),  # order is free
+    ("4512873 4512873 4512873", "4512873, 9921034", 0.5),  # repeats count once
+    ("VAR QWERT and asdfg", "QWERT, ASDFG, ZXCVB", 2 / 3),  # case-insensitive
+    ("QWERTY, ASDFGH", "QWERT, ASDFG", 0.0),
+    ("Founded by Agnes Ortega in 1850.", "Agnes Ortega", 1.0),  # a multi-word item: its words in a row
+    ("Ortega, Agnes", "Agnes Ortega", 0.0),
+    ("", "Agnes Ortega", 0.0),
+    ("anything", "", 0.0),  # an answer with no item scores nothing
+    ("The top words are quarry, lantern and thistle.", "quarry, lantern, thistle", 1.0),
+]
+
+
+@pytest.mark.parametrize("prediction,answer,expected", STRING_MATCH_ALL)
+def test_string_match_all_against_hand_computed_cases(prediction, answer, expected):
+    assert m.string_match_all_score(prediction, answer) == expected
+
+
+def test_string_match_all_over_alternative_answers_is_the_best_one():
+    # LongBench's best-over-answers makes a one-item answer RULER's string_match_part.
+    assert m.score_sample("offline_qa_haystack", "Galway", ["Split", "Galway"], None) == 1.0
+    assert m.score_dataset("offline_vt", ["QWERT", "QWERT ASDFG"], [["QWERT, ASDFG"]] * 2, None) == 75.0
 
 
 def test_unknown_dataset_error_names_it_and_says_how_to_add():

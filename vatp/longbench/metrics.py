@@ -215,6 +215,38 @@ def code_sim_score(prediction: str, ground_truth: str) -> float:
     return round(100 * matcher.ratio()) / 100
 
 
+# Separates the items of a RULER-style answer that lists several ("4512873, 9921034").
+ITEM_SEPARATOR = ", "
+
+
+def _has_run(words: list, run: list) -> bool:
+    """Whether `run` occurs as consecutive elements of `words`."""
+    return any(words[i:i + len(run)] == run for i in range(len(words) - len(run) + 1))
+
+
+def string_match_all_score(prediction: str, ground_truth: str) -> float:
+    """RULER's string_match_all: the share of the answer's items found in the prediction.
+
+    Not a LongBench metric: RULER's (Hsieh et al., 2024, "RULER: What's the Real
+    Context Size of Your Long-Context Language Models?"), for the offline suite's
+    RULER-style tasks. The answer is one string that lists its items, joined by
+    ITEM_SEPARATOR; a single item is a plain answer. RULER counts an item when it
+    is a case-insensitive substring of the prediction; here both sides are first
+    normalised as for QA F1 (normalize_answer), and an item counts when its words
+    occur as consecutive whole words of the prediction, so "1234" is not found in
+    "12345", nor "X1" in "X12". Over LongBench's list of alternative answers
+    (score_sample's best), a one-item answer is RULER's string_match_part.
+    Precision is not scored, as in RULER: the generation length
+    (config/dataset2maxlen.json) bounds how many items a prediction can list.
+    """
+    items = [normalize_answer(item).split() for item in ground_truth.split(ITEM_SEPARATOR)]
+    items = [item for item in items if item]
+    if not items:
+        return 0.0
+    words = normalize_answer(prediction).split()
+    return sum(_has_run(words, item) for item in items) / len(items)
+
+
 DATASET2METRIC = {
     "narrativeqa": qa_f1_score,
     "qasper": qa_f1_score,
@@ -243,7 +275,13 @@ DATASET2METRIC = {
     "offline_count": count_score,
     "offline_code": code_sim_score,
     "offline_classify": classification_score,
-    "offline_summ": rouge_score,
+    # RULER-style tasks of the offline suite, scored as RULER scores them.
+    "offline_niah_single": string_match_all_score,
+    "offline_niah_multikey": string_match_all_score,
+    "offline_niah_multivalue": string_match_all_score,
+    "offline_vt": string_match_all_score,
+    "offline_cwe": string_match_all_score,
+    "offline_qa_haystack": string_match_all_score,
 }
 
 # Datasets whose predictions are cut to their first line before scoring.
