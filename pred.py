@@ -30,7 +30,7 @@ from vatp.longbench.data import (DataError, UsageError, dataset_configs, default
                                  seed_everything)
 from vatp.longbench.models import default_dtype, load_model_config, load_tokenizer
 from vatp.longbench.prompts import cut_at_stop, decode, encode_prompt, generation_kwargs, left_pad, post_process
-from vatp.support import UnsupportedError
+from vatp.refusals import UnsupportedError
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -305,9 +305,9 @@ def predict(args, job: Job, model, tokenizer, plans: dict) -> None:
 def check_attention_window(args, model_config, encoded, max_new) -> None:
     """Refuse a model whose sliding window or attention chunks are shorter than a dataset's longest prompt
     plus its generation."""
-    from vatp import support
+    from vatp import refusals
 
-    window = support.model_window(model_config)
+    window = refusals.model_window(model_config)
     for name, prompts in encoded.items():
         if window is not None and prompts and max(ids.shape[1] for ids in prompts) + max_new[name] > window.size:
             raise UsageError(f"{args.model} attends {window.what}, shorter than {name}'s longest prompt plus its "

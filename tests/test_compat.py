@@ -12,10 +12,10 @@ import torch
 
 import vatp
 from conftest import tiny_llama
-from vatp import VatpConfig, scoring
+from vatp import VatpConfig, attention_math
 from vatp.analysis import compat
 from vatp.session import VatpSession
-from vatp.support import UnsupportedError, check_attention_arguments, left_padding
+from vatp.refusals import UnsupportedError, check_attention_arguments, left_padding
 
 def _check(model_type):
     row = compat.check_type(model_type)
@@ -81,12 +81,12 @@ def test_values_wider_than_keys_score_alike_eager_and_chunked():
     """MiMo-V2 and MLA models attend with value vectors of another width than the keys."""
     torch.manual_seed(0)
     query, key, value = torch.randn(1, 4, 37, 16), torch.randn(1, 2, 37, 16), torch.randn(1, 2, 37, 24)
-    out, sums = scoring.eager_prefill(query, key, value, None, 0.25, None)
-    chunked_out, chunked_sums = scoring.chunked_prefill(query, key, value, None, 0.25, None, chunk=8)
+    out, sums = attention_math.eager_prefill(query, key, value, None, 0.25, None)
+    chunked_out, chunked_sums = attention_math.chunked_prefill(query, key, value, None, 0.25, None, chunk=8)
     assert out.shape == chunked_out.shape == (1, 37, 4, 24)
     torch.testing.assert_close(chunked_out, out, rtol=0, atol=1e-6)
     torch.testing.assert_close(chunked_sums, sums, rtol=0, atol=1e-5)
-    step, _ = scoring.decode_step(query[:, :, -1:], key, value, None, 0.25)
+    step, _ = attention_math.decode_step(query[:, :, -1:], key, value, None, 0.25)
     torch.testing.assert_close(step, out[:, -1:], rtol=0, atol=1e-6)
 
 
@@ -103,12 +103,12 @@ def _padded_prompt_mask(length, pads, prefix=0):
 
 def test_row_mask_is_none_for_causal_rows_and_the_row_slice_otherwise():
     causal = _padded_prompt_mask(50, [0, 7])
-    assert scoring.row_mask(causal, 0, 0, chunk=16) is None
-    assert scoring.row_mask(causal, 1, 7, chunk=16) is None
+    assert attention_math.row_mask(causal, 0, 0, chunk=16) is None
+    assert attention_math.row_mask(causal, 1, 7, chunk=16) is None
     prefix = _padded_prompt_mask(50, [0, 7], prefix=10)
-    assert torch.equal(scoring.row_mask(prefix, 1, 7, chunk=16), prefix[1:2, :, 7:, 7:])
+    assert torch.equal(attention_math.row_mask(prefix, 1, 7, chunk=16), prefix[1:2, :, 7:, 7:])
     additive = torch.zeros(1, 1, 50, 50).masked_fill(~causal[:1], torch.finfo(torch.float32).min)
-    assert scoring.row_mask(additive, 0, 0) is None
+    assert attention_math.row_mask(additive, 0, 0) is None
 
 
 def test_a_padded_batch_with_a_prefix_mask_is_scored_as_each_row_alone_under_its_own_mask():

@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 INTERPRETED = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, "tests")
-    from vatp import scoring
+    from vatp import attention_math
     from vatp.fused import fused_prefill
 
     worst = 0.0
@@ -31,7 +31,7 @@ INTERPRETED = textwrap.dedent("""
         g = torch.Generator().manual_seed(length + heads)
         q, k, v = (torch.randn(1, h, length, dim, generator=g) for h in (heads, kv_heads, kv_heads))
         out, sums = fused_prefill(q, k, v, None, dim ** -0.5, window)
-        ref_out, ref_sums = scoring.eager_prefill(q, k, v, None, dim ** -0.5, window)
+        ref_out, ref_sums = attention_math.eager_prefill(q, k, v, None, dim ** -0.5, window)
         torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
         worst = max(worst, ((sums - ref_sums).abs() / ref_sums.abs().clamp_min(1e-6)).max().item())
@@ -44,7 +44,7 @@ INTERPRETED = textwrap.dedent("""
         g = torch.Generator().manual_seed(length)
         q, k, v = (torch.randn(1, h, length, dim, generator=g).half() for h in (heads, kv_heads, kv_heads))
         out, sums = fused_prefill(q, k, v, None, dim ** -0.5, window)
-        ref_out, ref_sums = scoring.eager_prefill(q, k, v, None, dim ** -0.5, window)
+        ref_out, ref_sums = attention_math.eager_prefill(q, k, v, None, dim ** -0.5, window)
         assert sums.dtype == torch.float16
         torch.testing.assert_close(out, ref_out, rtol=2e-3, atol=2e-3)
         assert ((sums.float() - ref_sums.float()).abs() <= 2 ** -10 * ref_sums.float().abs()).all()
@@ -87,18 +87,18 @@ def test_kernel_matches_chunked_scoring_on_gpu(dtype, window):
     """float32: equal to rounding. float16: the two round differently (the kernel keeps its probability tile in
     float32; chunked rounds it to float16 as eager attention does), so each is held to float32 arithmetic on
     the same inputs, and the kernel may not be more than twice as far from it as chunked scoring is."""
-    from vatp import scoring
+    from vatp import attention_math
     from vatp.fused import fused_prefill
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, h, 3000, 128, generator=g, device="cuda", dtype=dtype) for h in (32, 8, 8))
     out, sums = fused_prefill(q, k, v, None, 128 ** -0.5, window)
-    ref_out, ref_sums = scoring.chunked_prefill(q, k, v, None, 128 ** -0.5, window)
+    ref_out, ref_sums = attention_math.chunked_prefill(q, k, v, None, 128 ** -0.5, window)
     if dtype == torch.float32:
         torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
         return
-    exact_out, exact_sums = scoring.chunked_prefill(q.float(), k.float(), v.float(), None, 128 ** -0.5, window)
+    exact_out, exact_sums = attention_math.chunked_prefill(q.float(), k.float(), v.float(), None, 128 ** -0.5, window)
     for name, fused, chunked, exact in (("output", out, ref_out, exact_out), ("sums", sums, ref_sums, exact_sums)):
         fused_error = (fused.float() - exact).abs().max().item()
         chunked_error = (chunked.float() - exact).abs().max().item()

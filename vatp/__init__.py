@@ -12,7 +12,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "VatpConfig": ".config", "METHODS": ".names", "BudgetError": ".budget_hint", "VatpSession": ".session",
-    "enable": ".attention", "disable": ".attention", "enabled": ".attention", "session_of": ".attention",
+    "enable": ".hook", "disable": ".hook", "enabled": ".hook", "session_of": ".hook",
 }
 __all__ = sorted(_EXPORTS)
 

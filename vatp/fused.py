@@ -1,6 +1,6 @@
 """Fused prefill scoring: a Triton kernel for the attention each key receives.
 
-The chunked torch version (:func:`vatp.scoring.chunked_prefill`)
+The chunked torch version (:func:`vatp.attention_math.chunked_prefill`)
 writes every probability tile to memory; on a GPU that costs ~20x the
 attention itself (``../shared/PERF_NOTES.md``). Here one Triton program owns
 a block of keys, loops over the query blocks that can see it, and sums
@@ -10,7 +10,7 @@ memory: the (heads, kv_len) result.
 
 With ``score_dtype`` the model dtype (the paper's arithmetic) the kernel
 rounds the logits and each probability to that dtype before summing, as
-:func:`vatp.scoring.eager_prefill` does; the row log-sum-exp still comes from
+:func:`vatp.attention_math.eager_prefill` does; the row log-sum-exp still comes from
 SDPA's unrounded logits, so the sums match eager to float16 rounding, not
 bit for bit.
 
@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .scoring import _repeat_kv
+from .attention_math import _repeat_kv
 
 BLOCK_M, BLOCK_N = 64, 64  # query rows per inner step, keys per program
 
@@ -105,7 +105,7 @@ def attention_with_lse(query, key, value, scaling):
 
 
 def fused_prefill(query, key, value, mask, scaling, window: int | None, score_dtype=None):
-    """The contract of :func:`vatp.scoring.eager_prefill`, with no L x L matrix and no probability tiles."""
+    """The contract of :func:`vatp.attention_math.eager_prefill`, with no L x L matrix and no probability tiles."""
     if mask is not None:
         raise ValueError("scoring='fused' scores plain causal prompts (no padding mask); use scoring='chunked'")
     group = query.shape[1] // key.shape[1]

@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from . import adakv, policy, scoring, support
+from . import adakv, attention_math, policy, refusals
 from .backends import BACKENDS, Slots
 from .config import VatpConfig
 from .methods import Prompt
@@ -34,7 +34,7 @@ class VatpSession:
         self.cache = None  # the KV cache of the sample (the evict backend compacts it)
         self.attended: set[int] = set()  # layers attended in the prompt's forward
         self._row_masks = None  # (the prompt's mask, each row's own mask): worked out once per mask
-        scorings = {"eager": lambda: scoring.eager_prefill, "chunked": lambda: self._chunked_prefill,
+        scorings = {"eager": lambda: attention_math.eager_prefill, "chunked": lambda: self._chunked_prefill,
                     "window": lambda: self._window_prefill, "fused": _load_fused_prefill}
         self._prefill = scorings[config.resolved_scoring]()
         if config.compile is not None:  # one graph for every layer: the state is in its arguments
@@ -60,7 +60,7 @@ class VatpSession:
         return state.cached[:1, 0] + self.pads[0] + torch.arange(new_tokens, device=state.cached.device)
 
     # -- the attention call ---------------------------------------------------
-    def attend(self, layer_idx: int, query, key, value, mask, scaling, window: support.Window | None = None,
+    def attend(self, layer_idx: int, query, key, value, mask, scaling, window: refusals.Window | None = None,
                module=None):
         """query (B, heads, q, d); key (B, kv_heads, kv, d); value (B, kv_heads, kv, dv) -> (B, q, heads, dv).
 
@@ -69,15 +69,15 @@ class VatpSession:
         """
         q_len, kv_len = query.shape[2], key.shape[2]
         if q_len == kv_len:  # the cache was empty: a prompt
-            support.check_called_once(layer_idx, self.attended)
-            support.check_window(layer_idx, window, kv_len)
+            refusals.check_called_once(layer_idx, self.attended)
+            refusals.check_window(layer_idx, window, kv_len)
             if mask is not None and mask.is_floating_point():
-                support.check_additive_mask(layer_idx, mask, torch.finfo(mask.dtype).min)
+                refusals.check_additive_mask(layer_idx, mask, torch.finfo(mask.dtype).min)
             return self._attend_prompt(layer_idx, module, query, key, value, mask, scaling)
         state = self.layers.get(layer_idx)
-        support.check_decode_step(q_len, kv_len, state is not None and state.cached.shape[0] == query.shape[0])
+        refusals.check_decode_step(q_len, kv_len, state is not None and state.cached.shape[0] == query.shape[0])
         if window is not None:  # windowed models only: one host sync per step
-            support.check_window(layer_idx, window, int(state.cached.max()) + 1)
+            refusals.check_window(layer_idx, window, int(state.cached.max()) + 1)
         if state.scores is None:  # a method that prunes only the prompt
             return self._decode_kept(state, query, key, value, scaling)
         return self._decode(state, query, key, value, scaling)
@@ -85,7 +85,7 @@ class VatpSession:
     def _decode_kept(self, state: Slots, query, key, value, scaling):
         """A decode step of a method that pruned only the prompt: the model's own attention over what it kept."""
         self.backend.open_slot(state, None)
-        return scoring.model_decode_step(query, key, value, state.bias, scaling)
+        return attention_math.model_decode_step(query, key, value, state.bias, scaling)
 
     def _decode(self, state: Slots, query, key, value, scaling):
         """One decode step of every row at once: attend, score, decide, in a fixed number of tensor ops."""
@@ -96,10 +96,10 @@ class VatpSession:
         self.backend.open_slot(state, norms)
         step = None
         if method.uses_attention:
-            out, probs = scoring.decode_step(query, key, value, state.attended, scaling, state.scores.dtype)
+            out, probs = attention_math.decode_step(query, key, value, state.attended, scaling, state.scores.dtype)
             step = probs[:, :, 0] if probs.shape[2] == 1 else probs.mean(dim=2)  # (B, kv_heads, C): GQA group mean
         else:
-            out = scoring.model_decode_step(query, key, value, state.attended[:, :, None, :], scaling)
+            out = attention_math.model_decode_step(query, key, value, state.attended[:, :, None, :], scaling)
         scores = method.step_scores(state.scores, step, state.norms)
         state.cached += 1
         keep = policy.keep_slots(scores, state.positions, state.attended, state.cached, state.limits)
@@ -145,7 +145,7 @@ class VatpSession:
         if self.method.uses_attention:
             out, attention = self._prefill(query, key, value, mask, scaling, self.method.window, score_dtype)
         else:
-            out, attention = scoring.model_prefill(query, key, value, mask, scaling), None
+            out, attention = attention_math.model_prefill(query, key, value, mask, scaling), None
         prompt = Prompt(query, key, value, module, layer_idx, attention, self.config.sink_len, score_dtype, budget)
         length = key.shape[2]
         scores[row, :, -length:] = self.method.prompt_scores(prompt)
@@ -164,18 +164,18 @@ class VatpSession:
         return budget
 
     def _own_masks(self, mask, pads: list[int]) -> list:
-        """Each row's own prompt mask (:func:`scoring.row_mask`), worked out once per mask: layers share the model's."""
+        """Each row's own prompt mask (:func:`attention_math.row_mask`), worked out once per mask: layers share the model's."""
         if self._row_masks is None or self._row_masks[0] is not mask:  # held, so a new mask is a new object
-            self._row_masks = mask, [scoring.row_mask(mask, b, pad) for b, pad in enumerate(pads)]
+            self._row_masks = mask, [attention_math.row_mask(mask, b, pad) for b, pad in enumerate(pads)]
         return self._row_masks[1]
 
     def _chunked_prefill(self, query, key, value, mask, scaling, window, score_dtype):
-        return scoring.chunked_prefill(query, key, value, mask, scaling, window, self.config.chunk_size, score_dtype)
+        return attention_math.chunked_prefill(query, key, value, mask, scaling, window, self.config.chunk_size, score_dtype)
 
     def _window_prefill(self, query, key, value, mask, scaling, window, score_dtype):
         if window is None:  # every query is scored: chunked computes the output with the probabilities
             return self._chunked_prefill(query, key, value, mask, scaling, window, score_dtype)
-        return scoring.window_prefill(query, key, value, mask, scaling, window, score_dtype)
+        return attention_math.window_prefill(query, key, value, mask, scaling, window, score_dtype)
 
 
 def _load_fused_prefill():

@@ -12,7 +12,7 @@ each) and checked, greedy:
   (within 1e-4) with the mask and the evict backend, for one prompt and for a left-padded batch of two;
 * pruned (H2O+VATP, Scissorhands, SnapKV+VATP), evict gives mask's tokens and logits.
 
-A check either agrees, or vatp refuses with an :class:`~vatp.support.UnsupportedError` (a verdict, not a
+A check either agrees, or vatp refuses with an :class:`~vatp.refusals.UnsupportedError` (a verdict, not a
 failure); a different output or any other exception is a bug in vatp. Nothing is downloaded: ``--model``
 reads a local checkpoint's config (or one in the hub cache), and runs no code the checkpoint ships unless
 ``--trust_remote_code`` says so (then only its config class, to read the config: the tiny model is built
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from .. import attention
-from ..support import UnsupportedError
+from .. import hook
+from ..refusals import UnsupportedError
 
 SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16)
@@ -106,7 +106,7 @@ def prompts() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 def generate(model, ids, mask, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy tokens (B, L + STEPS) and logits (STEPS, B, vocab), with vatp on under ``settings`` if any."""
-    with torch.no_grad(), (attention.enabled(model, **settings) if settings else nullcontext()):
+    with torch.no_grad(), (hook.enabled(model, **settings) if settings else nullcontext()):
         out = model.generate(ids, attention_mask=mask, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False,
                              output_logits=True, return_dict_in_generate=True)
     return out.sequences, torch.stack(out.logits)

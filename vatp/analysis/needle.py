@@ -46,7 +46,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .. import attention
+from .. import hook
 from ..longbench.prediction_files import RunIOError, open_no_link, refuse_links
 from ..longbench.prompts import build_chat, decode, generation_kwargs, uses_template
 from ..longbench.suite import sources
@@ -217,7 +217,7 @@ def answer(model, tokenizer, prompt: NeedlePrompt, variant: Variant, grid: Needl
     """The model's greedy answer to the prompt, with the variant's pruning on (none for the full cache)."""
     ids = prompt.ids.to(model.device)
     kwargs = generation_kwargs(tokenizer, "needle", grid.max_new_tokens, ids.shape[1])
-    pruning = nullcontext() if variant.method is None else attention.enabled(
+    pruning = nullcontext() if variant.method is None else hook.enabled(
         model, **variant.settings(grid.sink_len, grid.backend))
     with torch.no_grad(), pruning:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .. import attention, policy
+from .. import hook, policy
 
 
 class _Stop(Exception):
@@ -70,7 +70,7 @@ def forward_through(model, input_ids: torch.Tensor, layer: int, capture=None, us
 
 
 def _not_enabled(model) -> None:
-    if attention.session_of(model) is not None:
+    if hook.session_of(model) is not None:
         raise ValueError("the model is VATP-enabled: call vatp.disable(model) before inspecting it")
 
 
@@ -128,7 +128,7 @@ def kept_tokens(model, input_ids: torch.Tensor, layer: int, **settings) -> torch
     backend, and the answer is its keep mask without the incoming-token slot.
     """
     _not_enabled(model)
-    with attention.enabled(model, backend="mask", **settings) as session:
+    with hook.enabled(model, backend="mask", **settings) as session:
         forward_through(model, input_ids, layer, use_cache=True)
         keep = session.layers[layer].token_mask()  # (kv_heads, L + 1)
     return keep[:, :-1].cpu()

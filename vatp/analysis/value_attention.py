@@ -43,7 +43,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from . import probe
-from .. import attention, policy
+from .. import hook, policy
 from ..names import DTYPE_NAMES
 
 DEFAULT_TASKS = ("offline_qa", "offline_retrieval", "offline_code")
@@ -89,7 +89,7 @@ def measure(model, input_ids: torch.Tensor, layers: list[int]) -> tuple[torch.Te
     forward, eager attention, stopped after the last layer asked for; the
     model is left as it was.
     """
-    if attention.session_of(model) is not None:
+    if hook.session_of(model) is not None:
         raise ValueError("the model is VATP-enabled: call vatp.disable(model) before inspecting it")
     if not layers:
         raise ValueError("no layers asked for")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from .. import support
+from .. import refusals
 from ..policy import NO_POSITION, drop_pruned
 from .slots import Slots, append_slot
 
@@ -48,7 +48,7 @@ class SlotLayer(DynamicLayer):
         self.incoming = None  # the last token's value states, for their norms
 
     def update(self, key_states, value_states, *args, **kwargs):
-        support.check_decode_step(key_states.shape[-2], self.keys.shape[-2] - 1, True)
+        refusals.check_decode_step(key_states.shape[-2], self.keys.shape[-2] - 1, True)
         self.keys.scatter_(-2, self.free[..., None].expand_as(key_states), key_states)
         self.values.scatter_(-2, self.free[..., None].expand_as(value_states), value_states)
         self.incoming = value_states
@@ -65,7 +65,7 @@ class EvictBackend:
     def after_prompt(self, layer_idx: int, slots: Slots, keep: torch.Tensor, cache, method) -> EvictState:
         """Gather each row's kept tokens (and their state), oldest first, into a compacted cache layer."""
         if cache is None:
-            raise support.UnsupportedError("the evict backend compacts the model's cache: call the model (its "
+            raise refusals.UnsupportedError("the evict backend compacts the model's cache: call the model (its "
                                            "decoder's pre-hook hands vatp the cache), not the session directly")
         layer = cache.layers[layer_idx]
         _check_compactable(layer, layer_idx, keep.shape[1], keep.shape[2])
@@ -146,11 +146,11 @@ def _check_compactable(layer, layer_idx: int, heads: int, length: int) -> None:
     and head for head: a hybrid layer that also holds a state-space model's state, or keys expanded after
     caching (multi-head latent attention, JetMoE), where dropping a token from one head is not defined."""
     if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
-        raise support.UnsupportedError(f"the evict backend removes tokens from a plain key/value cache, but layer "
+        raise refusals.UnsupportedError(f"the evict backend removes tokens from a plain key/value cache, but layer "
                                        f"{layer_idx}'s cache is a {type(layer).__name__} (it holds more than keys "
                                        "and values, as in hybrid attention/state-space models); use backend='mask'")
     if tuple(layer.keys.shape[1:3]) != (heads, length):
-        raise support.UnsupportedError(f"the evict backend removes tokens per key/value head, but layer {layer_idx} "
+        raise refusals.UnsupportedError(f"the evict backend removes tokens per key/value head, but layer {layer_idx} "
                                        f"caches (heads, tokens) {tuple(layer.keys.shape[1:3])} and its attention "
                                        f"saw {(heads, length)}: its keys are expanded after caching (multi-head "
                                        "latent attention, JetMoE); use backend='mask'")

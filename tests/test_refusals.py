@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import vatp
 from conftest import greedy, tiny_llama
-from vatp.support import UnsupportedError, check_attention_arguments, model_window
+from vatp.refusals import UnsupportedError, check_attention_arguments, model_window
 
 
 def _prompt(n, seed=1, vocab=128):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from vatp.scoring import (chunked_prefill, decode_step, eager_prefill, model_decode_step, model_prefill, scaled_logits,
+from vatp.attention_math import (chunked_prefill, decode_step, eager_prefill, model_decode_step, model_prefill, scaled_logits,
                           window_prefill)
 
 

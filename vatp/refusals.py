@@ -113,7 +113,7 @@ def left_padding(attention_mask) -> list[int]:
     Each row's zeros must be a prefix (left padding, as ``generate`` needs); others are refused, and so
     is a 4-D mask from the caller: vatp could not tell what a decode step may attend. One 4-D mask per
     layer type, as ``generate`` builds them for Gemma 3, is read off the last query row of the full
-    attention one: each layer's own mask is then honoured at the prompt (see ``scoring.row_mask``).
+    attention one: each layer's own mask is then honoured at the prompt (see ``attention_math.row_mask``).
     """
     if isinstance(attention_mask, dict):
         masks = sorted(((kind != "full_attention", kind) for kind, mask in attention_mask.items() if mask is not None))

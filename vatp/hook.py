@@ -16,7 +16,7 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from . import support
+from . import refusals
 from .config import VatpConfig
 from .names import paper_method
 from .session import VatpSession
@@ -33,12 +33,12 @@ def vatp_attention_forward(module, query, key, value, attention_mask, scaling=No
     Keywords vatp does not implement (softcap, s_aux, ...) are refused, not dropped, and so is
     bidirectional attention.
     """
-    support.check_attention_arguments(module.layer_idx, dropout, kwargs)
+    refusals.check_attention_arguments(module.layer_idx, dropout, kwargs)
     causal = kwargs.get("is_causal")
-    support.check_causal(module.layer_idx, getattr(module, "is_causal", True) if causal is None else causal)
+    refusals.check_causal(module.layer_idx, getattr(module, "is_causal", True) if causal is None else causal)
     session: VatpSession = getattr(module, _SESSION_ATTR)
     scaling = module.head_dim ** -0.5 if scaling is None else scaling
-    window = support.layer_window(module.config, module.layer_idx, sliding_window)
+    window = refusals.layer_window(module.config, module.layer_idx, sliding_window)
     out = session.attend(module.layer_idx, query, key, value, attention_mask, scaling, window, module)
     # transformers' own attention functions return a contiguous output, and some models .view() it (AFMoE).
     return out.contiguous(), None
@@ -65,12 +65,12 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
     config = replace(config or VatpConfig(), **settings)
     modules = _attention_modules(model)
     if not modules:
-        raise support.UnsupportedError(
+        raise refusals.UnsupportedError(
             f"{type(model).__name__} has no attention layers that use transformers' attention interface; "
             "vatp supports Llama-family models (Llama, Mistral, Qwen2, SmolLM2, ...)"
         )
     if not getattr(model, "_supports_default_dynamic_cache", lambda: True)():  # generate's own test
-        raise support.UnsupportedError(f"{type(model).__name__} keeps a cache of its own (not a DynamicCache, e.g. "
+        raise refusals.UnsupportedError(f"{type(model).__name__} keeps a cache of its own (not a DynamicCache, e.g. "
                                        "MiniMax's linear-attention state), which vatp does not prune; use a model "
                                        "whose generate makes a DynamicCache")
     if getattr(model.config, "output_attentions", False):
@@ -143,18 +143,18 @@ def _before_forward(session: VatpSession, decoder, layers: list[int]):
         if inputs is None:
             return args, kwargs  # the model refuses this call itself
         use_cache = kwargs.get("use_cache")
-        support.check_cache_in_use(decoder.config.use_cache if use_cache is None else use_cache)
+        refusals.check_cache_in_use(decoder.config.use_cache if use_cache is None else use_cache)
         cache = kwargs.get("past_key_values")
         if cache is not None and type(cache) is not DynamicCache:
-            raise support.UnsupportedError(f"vatp prunes a DynamicCache, not a {type(cache).__name__}; pass no "
+            raise refusals.UnsupportedError(f"vatp prunes a DynamicCache, not a {type(cache).__name__}; pass no "
                                            "past_key_values (and no cache_implementation) to let the model make one")
         if cache is None or cache.get_seq_length() == 0:  # a prompt: a new sample
             if kwargs.get("output_attentions"):
                 _warn_no_attentions()
             if cache is None:
                 cache = kwargs["past_key_values"] = DynamicCache(config=decoder.config)
-            cache.reorder_cache, cache.crop = support.refuse_reordering, support.refuse_cropping
-            session.start_sample(support.left_padding(kwargs.get("attention_mask")) or [0] * inputs.shape[0], cache)
+            cache.reorder_cache, cache.crop = refusals.refuse_reordering, refusals.refuse_cropping
+            session.start_sample(refusals.left_padding(kwargs.get("attention_mask")) or [0] * inputs.shape[0], cache)
             return args, kwargs
         if session.config.backend == "evict" and kwargs.get("position_ids") is None:
             kwargs["position_ids"] = session.next_positions(inputs.shape[1])
@@ -162,7 +162,7 @@ def _before_forward(session: VatpSession, decoder, layers: list[int]):
 
     def after(module, args, kwargs, output):
         if session.attended:  # the prompt's forward: each layer went through vatp once
-            support.check_every_layer(session.attended, layers)
+            refusals.check_every_layer(session.attended, layers)
             session.attended.clear()
 
     return hook, after
