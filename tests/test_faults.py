@@ -856,7 +856,7 @@ def test_figures_refuses_an_empty_prompt_file_before_loading_the_model(tmp_path,
         prompt = tmp_path / "prompt.txt"
         prompt.write_text(text)
         before = tree(tmp_path)
-        assert figures.main(["--prompt-file", str(prompt), "--out", str(tmp_path / "figs")]) == 1
+        assert figures.main(["--prompt-file", str(prompt), "--out", str(tmp_path / "figs")]) == 2
         assert capsys.readouterr().err.splitlines() == [
             f"figures: error: {prompt}: empty; put the text to look at in it, or leave --prompt-file out"]
         assert tree(tmp_path) == before

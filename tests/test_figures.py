@@ -43,7 +43,7 @@ def test_figures_cli_writes_three_pngs(tmp_path):
 
 def test_figures_cli_reports_a_missing_prompt_file(tmp_path, capsys):
     missing = tmp_path / "nope.txt"
-    assert figures.main(["--prompt-file", str(missing), "--out", str(tmp_path / "figs")]) == 1
+    assert figures.main(["--prompt-file", str(missing), "--out", str(tmp_path / "figs")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("figures: error:") and str(missing) in err
     assert not (tmp_path / "figs").exists()

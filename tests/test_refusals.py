@@ -252,3 +252,33 @@ def test_beam_search_is_refused(backend):
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, num_beams=2, do_sample=False)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, num_beams=2, do_sample=False)
     assert out.shape == (1, 34)  # without vatp, beam search runs
+
+
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+def test_reusing_a_pruned_cache_for_several_tokens_is_refused_alike_by_both_backends(backend):
+    model = tiny_llama()
+    with vatp.enabled(model, heavy_ratio=0.25, backend=backend), torch.no_grad():
+        cache = model(_prompt(40)).past_key_values
+        with pytest.raises(UnsupportedError, match=r"run the whole prompt in one forward \(on an empty cache\), then "
+                                                   r"one token per step \(got 2 new tokens"):
+            model(_prompt(2), past_key_values=cache)
+
+
+def test_output_attentions_warns_that_vatp_returns_no_weights():
+    model = tiny_llama()
+    model.set_attn_implementation("eager")  # transformers allows output_attentions with eager attention only
+    model.config.output_attentions = True
+    with pytest.warns(UserWarning, match="vatp returns no attention weights"):
+        vatp.enable(model, heavy_ratio=0.25)
+    vatp.disable(model)
+    model.config.output_attentions = False
+    with vatp.enabled(model, heavy_ratio=0.25), pytest.warns(UserWarning, match="outputs.attentions stays empty"):
+        model(_prompt(30), output_attentions=True)
+
+
+@pytest.mark.parametrize("bad", [{"sink_len": 2.5}, {"sink_len": "4"}, {"heavy_ratio": None}, {"apval": "yes"}])
+def test_enable_refuses_a_setting_of_the_wrong_type_before_anything_runs(bad):
+    model = tiny_llama()
+    with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):
+        vatp.enable(model, **{"heavy_ratio": 0.25, **bad})
+    assert vatp.session_of(model) is None

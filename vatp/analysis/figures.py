@@ -153,7 +153,7 @@ def read_prompt(path: Path | None) -> str:
 
 
 def main(argv=None) -> int:
-    """Write the figures: 0 when done; 1 with one ``figures: error:`` line; 130 with one line on Ctrl-C."""
+    """Write the figures: 0 when done; 2 with one ``figures: error:`` line; 130 with one line on Ctrl-C."""
     from ..longbench.data import resolve_model
     from ..longbench.models import ModelLoadError, load_model_and_tokenizer
     from ..methods import BudgetError
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
             print(f"wrote {path}")
     except (ModelLoadError, BudgetError, ValueError, OSError) as err:
         print(f"figures: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("figures: interrupted", file=sys.stderr)
         return 130
