@@ -62,14 +62,21 @@ def parse_args(argv=None):
     ours.add_argument("--method", choices=list(names.METHODS), default=None,
                       help="the token-importance method (default: the paper's flags: h2o with --h2o, else "
                            "scissorhands); streaming = sinks (--sink_len) + recent tokens with H2O's total budget; "
-                           "snapkv = SnapKV (the last 32 queries' attention, max-pooled; no pruning while decoding). "
-                           "--apval adds VATP to any of them")
+                           "snapkv = SnapKV (the last 32 queries' attention, max-pooled; the prompt only); tova = "
+                           "the newest query's attention at every step; knorm = the lowest key norms (the prompt "
+                           "only); criticalkv = CriticalKV over SnapKV's scores (values projected through o_proj); "
+                           "pyramidkv = SnapKV with larger budgets in lower layers. --apval adds VATP to any of them")
+    ours.add_argument("--adakv", action="store_true",
+                      help="AdaKV: spread each layer's budget over its KV heads by score (any method)")
     ours.add_argument("--backend", choices=names.BACKENDS, default="mask",
                       help="mask: the paper's faithful masking (default); evict: remove pruned tokens from the cache")
     ours.add_argument("--scoring", choices=names.SCORINGS, default=None,
-                      help="prefill scoring: eager L x L probabilities, chunked (eager in chunks of query rows) "
-                           "or fused (SDPA + a Triton column-sum kernel, CUDA); default eager for mask, chunked for "
-                           "evict")
+                      help="prefill scoring: eager L x L probabilities, chunked (eager in chunks of query rows), "
+                           "window (SDPA for every query, eager probabilities for the method's window only) or fused "
+                           "(SDPA + a Triton column-sum kernel, CUDA); default eager for mask, chunked for evict")
+    ours.add_argument("--compile", choices=names.COMPILE_MODES, nargs="?", const="default", default=None,
+                      help="compile vatp's decode step with torch.compile (fullgraph): default, or reduce-overhead "
+                           "(CUDA graphs) or max-autotune")
     ours.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: accelerate's, else cuda if available)")
     ours.add_argument("--device_map", default=None, help="e.g. auto: spread a model too big for one GPU over several")
     ours.add_argument("--dtype", choices=names.DTYPE_NAMES, default=None,
@@ -112,7 +119,7 @@ def check_args(args) -> None:
 
 def method_name(args) -> str:
     """The method the flags pick: --method, else the paper's --h2o (H2O) or its default (Scissorhands)."""
-    return args.method or ("h2o" if args.h2o else "scissorhands")
+    return args.method or names.paper_method(args.h2o)
 
 
 def main(argv=None) -> int:
@@ -243,8 +250,8 @@ def vatp_config(args):
         return None
     try:
         return vatp.VatpConfig(heavy_ratio=args.heavy_ratio, method=method_name(args), apval=args.apval,
-                               sink_len=args.sink_len, backend=args.backend, scoring=args.scoring,
-                               score_dtype=args.score_dtype)
+                               adakv=args.adakv, sink_len=args.sink_len, backend=args.backend, scoring=args.scoring,
+                               score_dtype=args.score_dtype, compile=args.compile)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -272,7 +279,10 @@ def run_settings(args, job: Job) -> dict:
     import torch
 
     resolved = job.config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring, score_dtype=args.score_dtype)
-    return {**vars(args), "dtype": job.dtype, "scoring": resolved.resolved_scoring,
+    # Flags added after runs were recorded, left out at their defaults: those runs still resume.
+    later = {"adakv": False, "compile": None}
+    settings = {k: v for k, v in vars(args).items() if k not in later or v != later[k]}
+    return {**settings, "dtype": job.dtype, "scoring": resolved.resolved_scoring,
             "score_dtype": resolved.score_dtype_name(getattr(torch, job.dtype))}
 
 
@@ -420,7 +430,8 @@ def describe(args) -> str:
     if args.heavy_ratio >= 1.0:
         return "full cache"
     sinks = args.sink_len if args.apval or args.method == "streaming" else 0
-    return f"{names.method_label(method_name(args), args.apval)} r={args.heavy_ratio} sink={sinks} {args.backend}"
+    label = names.method_label(method_name(args), args.apval) + ("+AdaKV" if args.adakv else "")
+    return f"{label} r={args.heavy_ratio} sink={sinks} {args.backend}"
 
 
 if __name__ == "__main__":
