@@ -5,10 +5,11 @@
         --device cuda --dtype float16 --backend evict --batch_size 50 --jobs 8 --predict_only   # on the GPU
     python scripts/study.py --out study_gpu --tokens 4000 8000 --samples 50 --budgets 0.2 0.5 --report_only
 
-For each context length it builds the offline suite, then runs pred.py and
-eval.py for: the full cache; H2O, H2O+VATP, Scissorhands, Scissorhands+VATP,
-SnapKV, SnapKV+VATP and a StreamingLLM-style baseline (sinks + recent) at
-budgets of 20%, 35% and 50% of the prompt (heavy_ratio = budget / 2). Finished
+For each context length it builds the offline suite (its default tasks), then
+runs pred.py and eval.py for: the full cache; H2O, Scissorhands, SnapKV and
+TOVA, each with and without VATP; CriticalKV, KNorm and a StreamingLLM-style
+baseline (sinks + recent) at budgets of 20%, 35% and 50% of the prompt
+(heavy_ratio = budget / 2). Finished
 runs are reused: pred.py resumes a run, and one whose result.json is newer than
 its predictions is skipped. ``--report_only`` generates nothing: it scores
 (eval.py) the points whose predictions are complete and reports them, listing
@@ -19,7 +20,8 @@ anything runs; a problem, or a step that fails, stops the study with one
 ``study.py: error:`` line (exit status 2, or the failed step's), and Ctrl-C
 with one line (130): rerun the same command to resume.
 
-Each VATP variant is compared with its baseline on the same prompts
+Each VATP variant is compared with its baseline on the same prompts, and
+SnapKV+VATP with CriticalKV (the two value weightings on SnapKV's scores),
 (``vatp.analysis.paired``): the mean per-sample score difference with a paired
 bootstrap 95% interval, per task and for the task average; a win or loss only
 when the interval excludes 0. Writes ``OUT/study.md`` (per length and budget:
@@ -43,9 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 from vatp.analysis.paired import AVERAGE, PairingError, paired_comparison, score_intervals, verdict
 from vatp.longbench.runs import load_run_record
 from vatp.longbench.suite import MIN_TOKENS
+from vatp.longbench.suite import TASKS as SUITE
 from vatp.names import DTYPE_NAMES
 
-TASKS = ["offline_qa", "offline_retrieval", "offline_count", "offline_code", "offline_classify"]
+TASKS = list(SUITE)  # the offline suite's default tasks
 METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it weights
     "h2o": ("H2O", ["--h2o"]),
     "h2o_vatp": ("H2O+VATP", ["--h2o", "--apval"]),
@@ -54,9 +57,17 @@ METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it wei
     "streaming": ("StreamingLLM", ["--method", "streaming"]),
     "snapkv": ("SnapKV", ["--method", "snapkv"]),
     "snapkv_vatp": ("SnapKV+VATP", ["--method", "snapkv", "--apval"]),
+    "tova": ("TOVA", ["--method", "tova"]),
+    "tova_vatp": ("TOVA+VATP", ["--method", "tova", "--apval"]),
+    "criticalkv": ("CriticalKV", ["--method", "criticalkv"]),
+    "knorm": ("KNorm", ["--method", "knorm"]),
 }
-PAIRS = [("h2o", "h2o_vatp"), ("scissorhands", "scissorhands_vatp"), ("snapkv", "snapkv_vatp")]
-COLOURS = {"h2o": "C0", "scissorhands": "C2", "streaming": "C4", "snapkv": "C1"}  # a method and its VATP share one
+# (baseline, value-aware variant): VATP against its method, and VATP's value weighting against CriticalKV's on
+# the same scorer (SnapKV's window scores times ||v||_1, against times ||W_o v||_1 with two stages).
+PAIRS = [("h2o", "h2o_vatp"), ("scissorhands", "scissorhands_vatp"), ("snapkv", "snapkv_vatp"), ("tova", "tova_vatp"),
+         ("criticalkv", "snapkv_vatp")]
+COLOURS = {"h2o": "C0", "scissorhands": "C2", "streaming": "C4", "snapkv": "C1", "tova": "C3", "criticalkv": "C5",
+           "knorm": "C6"}  # a method and its VATP share one
 
 
 class StudyError(Exception):
@@ -217,7 +228,7 @@ def averages_chart(scores: dict, intervals: dict, tokens: list[int], budgets: li
             family, vatp = name.removesuffix("_vatp"), name.endswith("_vatp")
             ax.errorbar(x, y, yerr=yerr, marker="o", capsize=2, label=label, color=COLOURS[family],
                         markerfacecolor=None if vatp else "white",  # filled: VATP; hollow: its baseline
-                        linestyle="-" if vatp else "--" if family != "streaming" else ":")
+                        linestyle="-" if vatp else "--" if family not in ("streaming", "knorm") else ":")
         if (n, 1.0, "full") in scores:
             ax.axhline(scores[(n, 1.0, "full")][AVERAGE], color="black", linewidth=1, label="Full cache")
             ax.axhspan(intervals[(n, 1.0, "full")].low, intervals[(n, 1.0, "full")].high, color="black", alpha=0.08)
@@ -304,7 +315,7 @@ def study_text(args, command: str, found: Findings) -> str:
             + ("![averages](averages.png)\n\nError bars: bootstrap 95% interval of each run's average over its "
                "prompts (each task's prompts resampled separately).\n\n" if found.scores else "")
             + f"Below each score table: {paired_caption()}\n\n" + "\n".join(found.sections)
-            + "\n### VATP against its baseline, per task (all lengths and budgets, by the paired interval)\n\n"
+            + "\n### Value-aware variant against its baseline, per task (all lengths and budgets, by the paired interval)\n\n"
             + "\n".join(verdict_counts(found.comparisons, args.tokens, args.budgets)) + "\n"
             + ("\nNot run: " + "; ".join(found.missing) + ".\n" if found.missing else "")
             + ("\nNot compared: " + "; ".join(found.problems) + "\n" if found.problems else ""))
