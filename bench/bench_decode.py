@@ -14,8 +14,10 @@ model is measured between a pre-hook and a hook on the model:
 * **syncs**: operators that make the host wait for the device
   (``_local_scalar_dense`` from ``.item()``/``int()``, ``nonzero``, ``is_nonzero``,
   ``equal``) or copy host data to it (``lift_fresh`` from ``torch.tensor(list)``);
-* **ms/step**: the median wall time of a decode-step forward, and its ratio to the
-  full cache's at the same batch size in the same run (``× full``).
+* **ms/step**: the median time of a decode-step forward, and its ratio to the
+  full cache's at the same batch size in the same run (``× full``): wall time, or with
+  ``--clock cpu`` the process's CPU time, which other processes on a shared machine
+  barely move (use it with ``--threads 1``).
 
 Only the public API is used (``vatp.enable``). Writes ``OUT.json``, ``OUT.md`` and ``OUT.png``.
 """
@@ -49,7 +51,7 @@ def step_counter():
     return Counter()
 
 
-def measure(model, ids, mask, new_tokens: int, device: str) -> dict:
+def measure(model, ids, mask, new_tokens: int, device: str, clock=time.perf_counter) -> dict:
     """Ops, syncs and times of every decode-step forward of one greedy ``generate``."""
     import torch
 
@@ -61,14 +63,14 @@ def measure(model, ids, mask, new_tokens: int, device: str) -> dict:
             counting["mode"] = step_counter().__enter__()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            counting["start"] = time.perf_counter()
+            counting["start"] = clock()
 
     def after(module, args, kwargs, output):
         mode = counting.pop("mode", None)
         if mode is not None:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            seconds = time.perf_counter() - counting.pop("start")
+            seconds = clock() - counting.pop("start")
             mode.__exit__(None, None, None)
             steps.append((mode.ops, mode.syncs, seconds))
 
@@ -104,13 +106,18 @@ def run(args) -> list[dict]:
     import vatp
     from vatp.names import method_label
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     model = load(args)
     rows = []
     for batch in args.batches:
         ids, mask = prompts(batch, args.length, args.spread, model.config.vocab_size, args.device)
         full = {"ops": 0}
         for _ in range(args.repeats):  # the best of repeats for every timing
-            point = measure(model, ids, mask, args.new_tokens, args.device)
+            point = measure(model, ids, mask, args.new_tokens, args.device, clock)
             full = point if full["ops"] == 0 or point["ms"] < full["ms"] else full
         rows.append({"variant": "full cache", "backend": "-", "batch": batch, **full, "x_full": 1.0})
         for method, apval in variants(args.methods, args.apval):
@@ -119,7 +126,7 @@ def run(args) -> list[dict]:
                 with vatp.enabled(model, method=method, apval=apval, heavy_ratio=args.heavy_ratio,
                                   sink_len=args.sink_len, backend=backend):
                     for _ in range(args.repeats):
-                        point = measure(model, ids, mask, args.new_tokens, args.device)
+                        point = measure(model, ids, mask, args.new_tokens, args.device, clock)
                         best = point if best is None or point["ms"] < best["ms"] else best
                 rows.append({"variant": method_label(method, apval), "backend": backend, "batch": batch, **best,
                              "x_full": round(best["ms"] / full["ms"], 2)})
@@ -179,6 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--heavy_ratio", type=float, default=0.25)
     p.add_argument("--sink_len", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="time per step: wall or process CPU time")
+    p.add_argument("--threads", type=int, default=None, help="torch's intra-op threads (default: torch's)")
     p.add_argument("--out", default="bench/results/cpu_decode_tiny", help="output prefix: OUT.json, OUT.md, OUT.png")
     args = p.parse_args(argv)
     if args.model != p.get_default("model"):
@@ -186,7 +195,8 @@ def main(argv=None) -> int:
     args.lengths, args.steps = [args.length], args.new_tokens  # what bench_kv.load sizes a random model by
     rows = run(args)
     title = (f"{args.shape or args.model}, {args.device}, {args.dtype}, prompts {args.length - args.spread}-"
-             f"{args.length} tokens, r={args.heavy_ratio}, {args.new_tokens} new tokens")
+             f"{args.length} tokens, r={args.heavy_ratio}, {args.new_tokens} new tokens, {args.clock} time"
+             + (f", {args.threads} thread(s)" if args.threads else ""))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"title": title, "rows": rows}, indent=1))
