@@ -14,11 +14,10 @@ model's SDPA), ``mask`` and ``evict`` (H2O+VATP at a 50% budget, bench_kv's sett
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from bench_kv import SETTINGS, load, model_arguments
+from bench_kv import SETTINGS, load, model_arguments, write_outputs
 
 MODES = ("full", "mask", "evict")
 
@@ -107,12 +106,7 @@ def main(argv=None) -> int:
     rows = [throughput(model, mode, batch, args) for mode in args.modes for batch in args.batches]
     title = (f"{args.shape or args.model}, {args.device}, {args.dtype}, prompts {args.length - args.spread}-"
              f"{args.length} tokens, {args.new_tokens} new tokens")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"title": title, "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(markdown(rows, title))
-    plot(rows, out.with_suffix(".png"), title)
-    print(markdown(rows, title))
+    write_outputs(args.out, title, rows, markdown, plot)
     return 0
 
 

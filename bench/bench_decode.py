@@ -24,12 +24,12 @@ Only the public API is used (``vatp.enable``). Writes ``OUT.json``, ``OUT.md`` a
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-from bench_kv import load, model_arguments
+from bench_batch import prompts
+from bench_kv import load, model_arguments, write_outputs
 
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "is_nonzero", "equal", "lift_fresh")
 
@@ -88,16 +88,6 @@ def measure(model, ids, mask, new_tokens: int, device: str, clock=time.perf_coun
             "ms": 1000 * statistics.median(s[2] for s in steady)}
 
 
-def prompts(batch: int, length: int, spread: int, vocab: int, device: str):
-    import torch
-
-    ids = torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(batch))
-    mask = torch.ones_like(ids)
-    for row in range(batch):
-        mask[row, : row * spread // batch] = 0
-    return ids.to(device), mask.to(device)
-
-
 def variants(methods: list[str], apval: list[bool]) -> list[tuple[str, bool]]:
     return [(m, a) for m in methods for a in apval]
 
@@ -114,7 +104,7 @@ def run(args) -> list[dict]:
     model = load(args)
     rows = []
     for batch in args.batches:
-        ids, mask = prompts(batch, args.length, args.spread, model.config.vocab_size, args.device)
+        ids, mask = (t.to(args.device) for t in prompts(batch, args.length, args.spread, model.config.vocab_size))
         full = {"ops": 0}
         for _ in range(args.repeats):  # the best of repeats for every timing
             point = measure(model, ids, mask, args.new_tokens, args.device, clock)
@@ -197,12 +187,7 @@ def main(argv=None) -> int:
     title = (f"{args.shape or args.model}, {args.device}, {args.dtype}, prompts {args.length - args.spread}-"
              f"{args.length} tokens, r={args.heavy_ratio}, {args.new_tokens} new tokens, {args.clock} time"
              + (f", {args.threads} thread(s)" if args.threads else ""))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"title": title, "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(markdown(rows, title))
-    plot(rows, out.with_suffix(".png"), title)
-    print(markdown(rows, title))
+    write_outputs(args.out, title, rows, markdown, plot)
     return 0
 
 

@@ -192,6 +192,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write_outputs(prefix: str, title: str, rows: list[dict], markdown, plot) -> None:
+    """``PREFIX.json`` (the title and rows), ``PREFIX.md`` (``markdown(rows, title)``, also printed) and
+    ``PREFIX.png`` (``plot(rows, path, title)``)."""
+    out = Path(prefix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"title": title, "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(markdown(rows, title))
+    plot(rows, out.with_suffix(".png"), title)
+    print(markdown(rows, title))
+
+
 def model_arguments(p: argparse.ArgumentParser) -> None:
     """The flags that say which model to benchmark, where and in which dtype (shared with bench_batch.py)."""
     p.add_argument("--model", default="smollm2-135m-instruct", help="a config/model2path.json name")

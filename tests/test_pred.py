@@ -261,7 +261,7 @@ def test_two_processes_on_cpu_give_the_single_process_file(reference, data, tmp_
         assert f"rank {rank} of 2: {MODEL} on cpu" in done.stderr
     for name in DATASETS:  # rank 0 merged, once, each rank predicted one of the two samples
         assert done.stdout.count(f"{name}: 2/2 predictions") == 1
-        assert f"(1 new on rank 0 of 2" in done.stdout
+        assert "(1 new on rank 0 of 2" in done.stdout
         assert json.loads((tmp_path / MODEL / f"run_{name}.json").read_text())["sessions"][0]["num_processes"] == 2
     assert not list((tmp_path / MODEL).glob("*.parts"))
     assert_same_files(tmp_path / MODEL, reference)

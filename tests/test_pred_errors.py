@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from pred_data import MODEL, REPO, load_pred, make_data, snapshot, write_jsonl
+from pred_data import MODEL, REPO, load_pred, make_data, snapshot
 
 pytestmark = pytest.mark.slow  # runs subprocesses
 

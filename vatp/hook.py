@@ -12,7 +12,6 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 
-import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
