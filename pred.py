@@ -279,11 +279,17 @@ def run_settings(args, job: Job) -> dict:
     import torch
 
     resolved = job.config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring, score_dtype=args.score_dtype)
-    # Flags added after runs were recorded, left out at their defaults: those runs still resume.
-    later = {"adakv": False, "compile": None}
-    settings = {k: v for k, v in vars(args).items() if k not in later or v != later[k]}
-    return {**settings, "dtype": job.dtype, "scoring": resolved.resolved_scoring,
+    return {**recorded_flags(args), "dtype": job.dtype, "scoring": resolved.resolved_scoring,
             "score_dtype": resolved.score_dtype_name(getattr(torch, job.dtype))}
+
+
+# Flags added after runs were recorded, left out at their defaults: those runs still resume.
+LATER_FLAGS = {"adakv": False, "compile": None}
+
+
+def recorded_flags(args) -> dict:
+    """The flags as a run record holds them: every flag but the later ones at their defaults."""
+    return {k: v for k, v in vars(args).items() if k not in LATER_FLAGS or v != LATER_FLAGS[k]}
 
 
 def load(args, job: Job):

