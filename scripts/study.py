@@ -49,23 +49,23 @@ from vatp.longbench.suite import TASKS as SUITE
 from vatp.names import DTYPE_NAMES
 
 TASKS = list(SUITE)  # the offline suite's default tasks
-METHODS = {  # name -> (label, pred.py flags); VATP pairs with the method it weights
+METHODS = {  # name -> (label, pred.py flags), run in this order: the head-to-head of value weightings first
+    "snapkv": ("SnapKV", ["--method", "snapkv"]),
+    "snapkv_vatp": ("SnapKV+VATP", ["--method", "snapkv", "--apval"]),
+    "criticalkv": ("CriticalKV", ["--method", "criticalkv"]),
     "h2o": ("H2O", ["--h2o"]),
     "h2o_vatp": ("H2O+VATP", ["--h2o", "--apval"]),
     "scissorhands": ("Scissorhands", []),
     "scissorhands_vatp": ("Scissorhands+VATP", ["--apval"]),
-    "streaming": ("StreamingLLM", ["--method", "streaming"]),
-    "snapkv": ("SnapKV", ["--method", "snapkv"]),
-    "snapkv_vatp": ("SnapKV+VATP", ["--method", "snapkv", "--apval"]),
     "tova": ("TOVA", ["--method", "tova"]),
     "tova_vatp": ("TOVA+VATP", ["--method", "tova", "--apval"]),
-    "criticalkv": ("CriticalKV", ["--method", "criticalkv"]),
     "knorm": ("KNorm", ["--method", "knorm"]),
+    "streaming": ("StreamingLLM", ["--method", "streaming"]),
 }
-# (baseline, value-aware variant): VATP against its method, and VATP's value weighting against CriticalKV's on
-# the same scorer (SnapKV's window scores times ||v||_1, against times ||W_o v||_1 with two stages).
-PAIRS = [("h2o", "h2o_vatp"), ("scissorhands", "scissorhands_vatp"), ("snapkv", "snapkv_vatp"), ("tova", "tova_vatp"),
-         ("criticalkv", "snapkv_vatp")]
+# (baseline, value-aware variant): VATP's value weighting against CriticalKV's on the same scorer (SnapKV's
+# window scores times ||v||_1, against times ||W_o v||_1 with two stages), then VATP against its method.
+PAIRS = [("criticalkv", "snapkv_vatp"), ("snapkv", "snapkv_vatp"), ("h2o", "h2o_vatp"),
+         ("scissorhands", "scissorhands_vatp"), ("tova", "tova_vatp")]
 COLOURS = {"h2o": "C0", "scissorhands": "C2", "streaming": "C4", "snapkv": "C1", "tova": "C3", "criticalkv": "C5",
            "knorm": "C6"}  # a method and its VATP share one
 

@@ -134,10 +134,10 @@ def suite(tmp_path_factory):
 
 
 @pytest.mark.parametrize("flags,tasks", [
-    (["--apval", "--backend", "mask"], ["offline_qa", "offline_retrieval", "offline_count", "offline_code",
-                                        "offline_classify"]),
-    (["--method", "snapkv", "--apval", "--backend", "evict"], ["offline_qa", "offline_count"]),
-], ids=["scissorhands+vatp-mask-all-tasks", "snapkv+vatp-evict"])
+    (["--apval", "--backend", "mask"], ["offline_qa", "offline_retrieval", "offline_code", "offline_niah_multikey",
+                                        "offline_cwe"]),
+    (["--method", "snapkv", "--apval", "--backend", "evict"], ["offline_qa", "offline_qa_haystack"]),
+], ids=["scissorhands+vatp-mask-five-tasks", "snapkv+vatp-evict"])
 def test_batch_of_4_equals_batch_of_1_over_the_offline_suite(suite, one_model, tmp_path, flags, tasks):
     common = ["--data_dir", str(suite), "--datasets", *tasks, "--heavy_ratio", "0.25", "--sink_len", "4",
               "--device", "cpu", *flags]

@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from . import DEFAULT_SAMPLES, DEFAULT_TOKENS, TASKS, write_suite
+from . import DEFAULT_SAMPLES, DEFAULT_TOKENS, KNOWN, TASKS, write_suite
 from .record import CHARS_PER_TOKEN
 
 
@@ -13,7 +13,8 @@ def main(argv=None) -> None:
         prog="python -m vatp.longbench.suite",
         description="Write the offline task suite (LongBench jsonl) from text shipped with Python.")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", choices=list(KNOWN), default=list(TASKS),
+                        help="default: every task but the retired ones (%(default)s)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                         help="samples per task (default %(default)s)")
     parser.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS),

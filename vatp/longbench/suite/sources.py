@@ -16,6 +16,7 @@ randomisation. Results are cached: the sources are read once per process.
 """
 
 import ast
+import codecs
 import functools
 import importlib
 import importlib.util
@@ -52,6 +53,20 @@ DOC_MODULES = (
     "base64", "binascii", "builtins", "calendar", "heapq", "inspect", "math",
     "operator", "random", "shutil", "statistics", "time", "unicodedata",
 )
+
+
+@functools.lru_cache(maxsize=None)
+def zen() -> tuple[str, ...]:
+    """The 19 aphorisms of the Zen of Python (module `this`), read from its source.
+
+    `this` prints them when imported and stores them rot13-encoded, so its
+    source is parsed and decoded instead of imported.
+    """
+    tree = ast.parse("".join(module_lines("this")))
+    encoded, = [node.value.value for node in tree.body
+                if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["s"]]
+    lines = codecs.decode(encoded, "rot13").strip().split("\n")
+    return tuple(line for line in lines[1:] if line)  # without the title line
 
 
 def collapse(text: str) -> str:
