@@ -9,7 +9,7 @@ For each context length it builds the offline suite (its default tasks), then
 runs pred.py and eval.py for: the full cache; H2O, Scissorhands, SnapKV and
 TOVA, each with and without VATP; CriticalKV, KNorm and a StreamingLLM-style
 baseline (sinks + recent) at budgets of 20%, 35% and 50% of the prompt
-(heavy_ratio = budget / 2). Finished
+(heavy_ratio = budget / 2); ``--methods`` runs and reports some of them. Finished
 runs are reused: pred.py resumes a run, and one whose result.json is newer than
 its predictions is skipped. ``--report_only`` generates nothing: it scores
 (eval.py) the points whose predictions are complete and reports them, listing
@@ -125,7 +125,7 @@ def generate_in_parallel(args, out: Path) -> None:
     for n in args.tokens:
         data = out / f"data_{n}"
         build_suite(args, data, n)
-        grid = [("full", 1.0)] + [(name, b) for b in args.budgets for name in METHODS]
+        grid = [("full", 1.0)] + [(name, b) for b in args.budgets for name in args.methods]
         saves = [(point_folder(out, n, b, name), point_flags(name, b, args.sink_len)) for name, b in grid]
         commands += [(save, pred_command(args, data, save, flags)) for save, flags in saves
                      if not complete(data, save / args.model)]
@@ -279,13 +279,14 @@ def scored_run(label: str, folder: Path):
 def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found: Findings) -> None:
     """Run (or reuse) every method at ~n tokens and budget b; add its scores, comparisons and section."""
     if args.predict_only:  # generate only: the report needs the metrics' packages (rouge, jieba)
-        for name in METHODS:
+        for name in args.methods:
             predict(args, data, point_folder(out, n, b, name), point_flags(name, b, args.sink_len))
         return
     from vatp.analysis.report import markdown_table, paired_table, write_report
 
     runs, samples = [full_run] if full_run else [], {}
-    for name, (label, _) in METHODS.items():
+    for name in args.methods:
+        label = METHODS[name][0]
         folder = predict(args, data, point_folder(out, n, b, name), point_flags(name, b, args.sink_len))
         if folder is None:
             found.missing.append(f"{label} at ~{n} tokens, {round(100 * b)}% budget")
@@ -337,6 +338,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, nargs="+", default=[1000, 2000], help="context lengths (approx. tokens)")
     p.add_argument("--samples", type=int, default=4, help="samples per task and length")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.35, 0.5], help="KV budget, share of the prompt")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                   help="the methods to run and report, besides the full cache (default: all, in this order)")
     p.add_argument("--sink_len", type=int, default=20, help="sinks of VATP and StreamingLLM (the paper's 20)")
     p.add_argument("--backend", default="mask", choices=["mask", "evict"])
     p.add_argument("--batch_size", type=int, default=1, help="pred.py's --batch_size (the predictions do not change)")
@@ -355,7 +358,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_args(args) -> None:
     """StudyError for a value the grid cannot use, before anything runs (the suite, pred.py and eval.py
     would each stop on it, some only after hours of others' work)."""
-    for name in ("tokens", "budgets"):
+    for name in ("tokens", "budgets", "methods"):
         values = getattr(args, name)
         if repeated := sorted({v for v in values if values.count(v) > 1}):
             raise StudyError(f"--{name} repeats {', '.join(map(str, repeated))}; give each value once")

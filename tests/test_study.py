@@ -120,6 +120,17 @@ def test_report_only_study_pairs_the_finished_runs(tmp_path):
     assert h2o["Average"]["verdict"] == "win"
 
 
+def test_methods_runs_and_reports_only_those(tmp_path):
+    study, model = _study(), "tiny-model"
+    _finished_run(tmp_path / "t1000" / "full" / model, lambda i: True)
+    _finished_run(tmp_path / "t1000" / "h2o_b0.5" / model, lambda i: i % 2 == 0)
+    _finished_run(tmp_path / "t1000" / "h2o_vatp_b0.5" / model, lambda i: True)
+    assert study.main(["--out", str(tmp_path), "--model", model, "--tokens", "1000", "--budgets", "0.5",
+                       "--methods", "h2o_vatp", "h2o", "--report_only"]) == 0
+    text = (tmp_path / "study.md").read_text()
+    assert "| H2O+VATP vs H2O | +50.00 [" in text and "Not run" not in text and "| SnapKV |" not in text
+
+
 def test_report_only_scores_complete_predictions_and_skips_partial_ones(tmp_path):
     """Predictions made elsewhere (``--predict_only`` on the GPU machine) come back unscored: a report-only
     run scores the complete points with eval.py and lists a point with a missing prediction as not run."""
@@ -163,7 +174,7 @@ def test_jobs_generate_every_unfinished_point_in_parallel(tmp_path, monkeypatch)
 
     study, model = _study(), "tiny-model"
     args = study.argparse.Namespace(tokens=[300], samples=1, budgets=[0.2, 0.5], sink_len=20, model=model,
-                                    backend="evict", batch_size=1, device=None, dtype=None, jobs=3)
+                                    backend="evict", batch_size=1, device=None, dtype=None, jobs=3, methods=list(study.METHODS))
     data = tmp_path / "data_300"
     monkeypatch.setattr(study, "run", lambda cmd: [data.mkdir(exist_ok=True)] + [
         (data / f"{t}.jsonl").write_text("{}\n") for t in study.TASKS])
@@ -223,6 +234,7 @@ def test_vatp_keeps_its_sinks_after_the_prompt():
     (["--tokens", "100"], "--tokens must be >= 200 (the offline suite's smallest context), got 100"),
     (["--tokens", "1000", "1000"], "--tokens repeats 1000; give each value once"),
     (["--budgets", "0.2", "0.5", "0.2"], "--budgets repeats 0.2; give each value once"),
+    (["--methods", "h2o", "h2o"], "--methods repeats h2o; give each value once"),
     (["--budgets", "0"], "--budgets must be shares of the prompt in (0, 1], got [0.0]"),
     (["--budgets", "1.5"], "--budgets must be shares of the prompt in (0, 1], got [1.5]"),
     (["--samples", "0"], "--samples must be >= 1, got 0"),
