@@ -164,7 +164,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_arguments(p)
-    p.set_defaults(shape="tiny-gqa")
+    p.set_defaults(shape="tiny-gqa", model=None)  # a --model, even the default one, replaces the tiny shape
     p.add_argument("--length", type=int, default=512, help="the longest prompt of a batch")
     p.add_argument("--spread", type=int, default=64, help="prompt lengths spread over this many tokens")
     p.add_argument("--new_tokens", type=int, default=8)
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch's intra-op threads (default: torch's)")
     p.add_argument("--out", default="bench/results/cpu_decode_tiny", help="output prefix: OUT.json, OUT.md, OUT.png")
     args = p.parse_args(argv)
-    if args.model != p.get_default("model"):
+    if args.model is not None:
         args.shape = None
     args.lengths, args.steps = [args.length], args.new_tokens  # what bench_kv.load sizes a random model by
     rows = run(args)
