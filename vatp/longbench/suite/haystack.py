@@ -15,6 +15,7 @@ reference text, and each task states its needles in a fixed sentence form,
 so the needles of a context can be found again by pattern (the tests do).
 """
 
+import itertools
 import random
 import uuid
 
@@ -62,21 +63,10 @@ def filler(rng: random.Random, budget: int) -> list[list[str]]:
     """
     pool = sources.passages()
     start = rng.randrange(len(pool))
-    paragraphs, total = [], 0
-    for i in range(len(pool) * 2):  # twice round at most: a budget larger than the reference repeats it
-        sentences = []
-        for sentence in sources.sentences(pool[(start + i) % len(pool)]):
-            if len(sentence) > MAX_SENTENCE_CHARS:
-                continue
-            cost = len(sentence) + (1 if sentences else 2)  # a space, or a paragraph break
-            if total + cost > budget and (paragraphs or sentences):
-                if sentences:
-                    paragraphs.append(sentences)
-                return paragraphs
-            sentences.append(sentence)
-            total += cost
-        paragraphs.append(sentences)
-    return paragraphs
+    # Twice round at most: a budget larger than the reference repeats it.
+    rounds = ([s for s in sources.sentences(pool[(start + i) % len(pool)]) if len(s) <= MAX_SENTENCE_CHARS]
+              for i in range(len(pool) * 2))
+    return _pack(rounds, budget)
 
 
 def noise(budget: int) -> list[list[str]]:
@@ -85,16 +75,23 @@ def noise(budget: int) -> list[list[str]]:
     RULER's "noise" haystack repeats a few plain sentences ("The grass is
     green. The sky is blue. ..."); this one ships with Python.
     """
+    return _pack(itertools.repeat(sources.zen()), budget)
+
+
+def _pack(rounds, budget: int) -> list[list[str]]:
+    """Paragraphs, one per round of sentences, until the next sentence would pass `budget` characters
+    once joined by `plant` (a space between sentences, a paragraph break between paragraphs)."""
     paragraphs, total = [], 0
-    while True:
+    for sentences_of_round in rounds:
         sentences = []
-        for sentence in sources.zen():
+        for sentence in sentences_of_round:
             cost = len(sentence) + (1 if sentences else 2)
             if total + cost > budget and (paragraphs or sentences):
                 return paragraphs + [sentences] if sentences else paragraphs
             sentences.append(sentence)
             total += cost
         paragraphs.append(sentences)
+    return paragraphs
 
 
 def plant(rng: random.Random, paragraphs: list[list[str]], needles: list[str]) -> str:
