@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+from vatp.analysis.output import save_figure, write_text_file
 from vatp.analysis.paired import AVERAGE, PairingError, paired_comparison, score_intervals, verdict
+from vatp.longbench.prediction_files import RunIOError, open_no_link
 from vatp.longbench.runs import load_run_record
 from vatp.longbench.suite import MIN_TOKENS
 from vatp.longbench.suite import TASKS as SUITE
@@ -133,7 +136,7 @@ def generate_in_parallel(args, out: Path) -> None:
     def launch(job: tuple[Path, list[str]]) -> tuple[Path, int]:
         save, cmd = job
         save.mkdir(parents=True, exist_ok=True)
-        with open(save / "pred.log", "a") as log:
+        with open(open_no_link(save / "pred.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as log:
             return save, subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
 
     print(f"{len(commands)} points to generate, {args.jobs} at a time", flush=True)
@@ -236,7 +239,7 @@ def averages_chart(scores: dict, intervals: dict, tokens: list[int], budgets: li
         ax.set_xlabel("KV budget, % of the prompt")
     axes[0][0].set_ylabel("average score (95% CI over prompts)")
     fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="outside right center")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def interval_json(interval) -> dict:
@@ -384,7 +387,7 @@ def main(argv=None) -> int:
     try:
         check_args(args)
         return study(args, " ".join(argv or sys.argv[1:]))
-    except (StudyError, OSError) as err:
+    except (StudyError, RunIOError, OSError) as err:
         print(f"study.py: error: {err}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as err:
@@ -424,10 +427,10 @@ def study(args, command: str) -> int:
     if found.scores:
         averages_chart(found.scores, found.intervals, args.tokens, args.budgets, out / "averages.png")
     text = study_text(args, command, found)
-    (out / "study.md").write_text(text)
-    (out / "scores.json").write_text(json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in found.scores.items()},
-                                                indent=1))
-    (out / "intervals.json").write_text(intervals_json(found))
+    write_text_file(out / "study.md", text)
+    write_text_file(out / "scores.json", json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in found.scores.items()},
+                                                    indent=1))
+    write_text_file(out / "intervals.json", intervals_json(found))
     print(text)
     return 0
 

@@ -305,3 +305,15 @@ def test_bad_arguments_are_refused(tmp_path):
         write_suite(tmp_path, tasks=["narrativeqa"])
     with pytest.raises(ValueError, match="tokens"):
         write_suite(tmp_path, tokens=[10])
+
+
+def test_a_task_file_replaces_a_planted_link_instead_of_writing_through_it(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "offline_qa.jsonl").symlink_to(victim)
+    write_suite(out, tasks=["offline_qa"], samples=2, tokens=(1000,), seed=0)
+    assert victim.read_text() == "keep me\n"
+    assert not (out / "offline_qa.jsonl").is_symlink() and len(_read(out / "offline_qa.jsonl")) == 2
+    assert sorted(os.listdir(out)) == ["offline_qa.jsonl", "offline_qa_e.jsonl"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -36,7 +37,9 @@ from pathlib import Path
 import torch
 
 from .. import hook
+from ..longbench.prediction_files import RunIOError, open_no_link
 from ..refusals import UnsupportedError
+from .output import write_text_file
 
 SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16)
@@ -226,7 +229,8 @@ def run_all(out: Path, types: list[str], timeout: int) -> list[dict]:
     path = out / RESULTS
     rows = _read_results(path)
     done = {row["type"] for row in rows}
-    with path.open("a") as results:
+    # O_NOFOLLOW: a link planted at results.jsonl is refused, not appended through
+    with open(open_no_link(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as results:
         for model_type in types:
             if model_type in done:
                 continue
@@ -235,7 +239,7 @@ def run_all(out: Path, types: list[str], timeout: int) -> list[dict]:
             results.write(json.dumps(row) + "\n")
             results.flush()
             rows.append(row)
-    (out / TABLE).write_text(table(rows))
+    write_text_file(out / TABLE, table(rows))
     return rows
 
 
@@ -281,7 +285,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         rows = check(args)
-    except (CompatError, OSError) as err:
+    except (CompatError, RunIOError, OSError) as err:
         print(f"compat: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

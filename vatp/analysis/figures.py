@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from . import probe
+from .output import save_figure
 from ..names import DTYPE_NAMES
 
 # The language reference's "global" topic: ~350 tokens of real English prose.
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         for stem, fig in figures.items():
             path = args.out / f"{stem}.png"
-            fig.savefig(path, dpi=100)
+            save_figure(fig, path)
             print(f"wrote {path}")
     except (ModelLoadError, BudgetError, ValueError, OSError) as err:
         print(f"figures: error: {err}", file=sys.stderr)

@@ -51,6 +51,7 @@ from ..longbench.prediction_files import RunIOError, open_no_link, refuse_links
 from ..longbench.prompts import build_chat, decode, generation_kwargs, uses_template
 from ..longbench.suite import sources
 from ..names import BACKENDS, DTYPE_NAMES, METHODS, check_choice, method_label
+from .output import save_figure, write_text_file
 from .paired import PairingError, paired_comparison
 from .report import paired_caption, paired_table
 
@@ -485,9 +486,9 @@ def run_grid(args) -> None:
         run_points(model, tokenizer, args.model, grid, todo, path, run)
     results = read_results(path)
     title = f"Needle in a haystack: {args.model}, greedy, sink_len {args.sink_len}"
-    heatmap_figure(results, grid.columns(), list(grid.budgets), title).savefig(args.out / FIGURE, dpi=110)
+    save_figure(heatmap_figure(results, grid.columns(), list(grid.budgets), title), args.out / FIGURE, dpi=110)
     table = needle_markdown(results, grid, title)
-    (args.out / TABLE).write_text(table)
+    write_text_file(args.out / TABLE, table)
     print(f"{table}\nwrote {args.out / FIGURE} and {args.out / TABLE}")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..longbench.evaluate import RESULT_NAME, EvalError, prediction_files, sample_scores
 from ..longbench.metrics import BUCKETS
+from .output import save_figure, write_text_file
 from .paired import AVERAGE, RESAMPLES, SEED, Interval, PairingError, paired_comparison, verdict
 
 MARK = "†"  # flags an Average taken over fewer datasets than the table has
@@ -242,9 +243,9 @@ def write_report(runs: list[Run], out: Path, paired: list[tuple[str, dict[str, I
     if paired:
         table += f"\n\n{paired_caption()}\n\n{paired_table(list(paired))}"
     out.mkdir(parents=True, exist_ok=True)
-    bar_chart(runs).savefig(out / "report.png", dpi=100)
-    (out / "report.md").write_text(f"# LongBench results\n\n{caption(runs)}\n\n{table}\n\n![scores by method]"
-                                   f"(report.png)\n", encoding="utf-8")
+    save_figure(bar_chart(runs), out / "report.png")
+    write_text_file(out / "report.md", f"# LongBench results\n\n{caption(runs)}\n\n{table}\n\n![scores by method]"
+                                       "(report.png)\n")
     return table
 
 

@@ -43,6 +43,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from . import probe
+from .output import save_figure, write_text_file
 from .. import hook, policy
 from ..names import DTYPE_NAMES
 
@@ -366,9 +367,9 @@ def main(argv=None) -> int:
                   "sink_lens": args.sink_lens, "headline": headline(stats), "layers": stats}
         args.out.mkdir(parents=True, exist_ok=True)
         for stem, fig in figs.items():
-            fig.savefig(args.out / f"{stem}.png", dpi=100)
-        (args.out / "value_attention.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        (args.out / "value_attention.md").write_text(markdown(report), encoding="utf-8")
+            save_figure(fig, args.out / f"{stem}.png")
+        write_text_file(args.out / "value_attention.json", json.dumps(report, indent=1) + "\n")
+        write_text_file(args.out / "value_attention.md", markdown(report))
     except (ModelLoadError, ValueError, OSError) as err:
         print(f"value_attention: error: {err}", file=sys.stderr)
         return 1

@@ -32,6 +32,7 @@ import json
 import random
 from pathlib import Path
 
+from ..prediction_files import atomic_write_bytes
 from . import (classify, code_completion, common_words, count, haystack_qa, niah_multikey, niah_multivalue,
                niah_single, qa, retrieval, variable_tracking)
 
@@ -71,9 +72,8 @@ def generate(task: str, index: int, tokens: int, seed: int = 0) -> dict:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    # whole, by rename: a kill leaves no half-written task file, and a planted link is replaced, not followed
+    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
 
 
 def write_suite(out_dir, tasks=None, samples: int = DEFAULT_SAMPLES,
