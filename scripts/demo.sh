@@ -10,7 +10,7 @@ OUT=${OUT:-demo_out}
 SAMPLES=${SAMPLES:-4}
 TOKENS=${TOKENS:-"800 1600"}
 MODEL=smollm2-135m-instruct
-TASKS="offline_qa offline_retrieval offline_count offline_code offline_classify"
+TASKS="offline_qa offline_niah_multikey offline_vt offline_cwe offline_qa_haystack"
 
 bash scripts/setup.sh
 # shellcheck disable=SC2086
