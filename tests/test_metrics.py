@@ -207,6 +207,21 @@ def test_rouge_gives_up_on_long_sentences_exactly_where_longbench_does(tmp_path)
     assert [m.rouge_zh_score(p, g) for p, g in cases] == chinese
 
 
+def test_rouge_does_not_depend_on_the_process_recursion_limit():
+    """torch.compile's inductor raises the limit to 2000 for the whole process; LongBench's eval.py runs under
+    Python's default. A reference past the default's boundary still scores 0, and the caller's limit is restored."""
+    long_reference = " ".join(["shared", *(f"w{i}" for i in range(1200)), "p1"])
+    at_default = [m.rouge_score("shared p1", long_reference), m.rouge_score("shared p1", "shared w p1")]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(3000)
+    try:
+        raised = [m.rouge_score("shared p1", long_reference), m.rouge_score("shared p1", "shared w p1")]
+        assert sys.getrecursionlimit() == 3000
+    finally:
+        sys.setrecursionlimit(limit)
+    assert raised == at_default and at_default[0] == 0.0 and at_default[1] == pytest.approx(0.8)
+
+
 def test_first_line_rule_applies_to_first_line_datasets_only():
     # hotpotqa scores the whole prediction, triviaqa its first line only.
     assert m.score_sample("hotpotqa", "\nParis\nor London", ["Paris"], None) == 0.5

@@ -89,6 +89,9 @@ def qa_f1_zh_score(prediction: str, ground_truth: str) -> float:
 # How deep LongBench's eval.py, run as a script, calls Rouge.get_scores: <module>, scorer, rouge_score,
 # get_scores (and rouge_zh_score before rouge_score for the Chinese datasets).
 LONGBENCH_ROUGE_DEPTH = {"rouge": 4, "rouge_zh": 5}
+# ... under Python's default recursion limit, which eval.py never changes. Other code in a process may raise
+# it (torch.compile's inductor sets 2000), so the limit is pinned for each call: the scores never depend on it.
+LONGBENCH_RECURSION_LIMIT = 1000
 
 
 def _depth() -> int:
@@ -126,12 +129,18 @@ def _rouge_l(prediction: str, ground_truth: str, depth: int) -> float:
     once a sentence's recursive LCS passes the recursion limit; LongBench scores
     both as 0. Where that limit bites depends on how deep get_scores is called,
     so it is called exactly as deep as in LongBench's eval.py, in a thread of its
-    own. Only ROUGE-L is asked for: LongBench also computes ROUGE-1/2, which
-    raise exactly when ROUGE-L's emptiness check does, so the result is the same.
+    own, under LongBench's recursion limit. Only ROUGE-L is asked for: LongBench
+    also computes ROUGE-1/2, which raise exactly when ROUGE-L's emptiness check
+    does, so the result is the same.
     """
     call = _AtDepth(depth, Rouge(metrics=["rouge-l"]).get_scores, [prediction], [ground_truth])
-    call.start()
-    call.join()
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(LONGBENCH_RECURSION_LIMIT)
+    try:
+        call.start()
+        call.join()
+    finally:
+        sys.setrecursionlimit(limit)
     return 0.0 if call.error is not None else call.result[0]["rouge-l"]["f"]
 
 
