@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -136,7 +135,7 @@ def generate_in_parallel(args, out: Path) -> None:
     def launch(job: tuple[Path, list[str]]) -> tuple[Path, int]:
         save, cmd = job
         save.mkdir(parents=True, exist_ok=True)
-        with open(open_no_link(save / "pred.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as log:
+        with open(save / "pred.log", "a", opener=open_no_link) as log:  # a planted link is refused
             return save, subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
 
     print(f"{len(commands)} points to generate, {args.jobs} at a time", flush=True)

@@ -52,7 +52,7 @@ def test_report_does_not_write_through_links(tmp_path, victim):
     assert not (out / "report.png").is_symlink()
 
 
-def test_compat_refuses_to_append_through_a_link(tmp_path, victim, capsys):
+def test_compat_refuses_to_append_through_a_link(tmp_path, victim):
     out = tmp_path / "compat"
     out.mkdir()
     (out / compat.RESULTS).symlink_to(victim)

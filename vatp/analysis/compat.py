@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -229,8 +228,7 @@ def run_all(out: Path, types: list[str], timeout: int) -> list[dict]:
     path = out / RESULTS
     rows = _read_results(path)
     done = {row["type"] for row in rows}
-    # O_NOFOLLOW: a link planted at results.jsonl is refused, not appended through
-    with open(open_no_link(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as results:
+    with open(path, "a", encoding="utf-8", opener=open_no_link) as results:  # a planted link is refused
         for model_type in types:
             if model_type in done:
                 continue

@@ -275,7 +275,7 @@ def _result_problem(result) -> str | None:
 
 def _append(path: Path):
     """``path`` opened to append text, never through a symbolic link."""
-    return open(path, "a", encoding="utf-8", opener=lambda name, flags: open_no_link(name, flags))
+    return open(path, "a", encoding="utf-8", opener=open_no_link)
 
 
 def check_same_run(results: list[dict], run: dict) -> None:
