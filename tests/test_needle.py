@@ -164,6 +164,12 @@ def test_a_broken_line_inside_the_file_is_reported(tmp_path):
         needle.read_results(path)
 
 
+def test_a_write_cut_inside_a_character_is_a_partial_line(tmp_path):
+    path = tmp_path / needle.RESULTS
+    path.write_bytes(f"{json.dumps(RESULT)}\n".encode() + '{"label": "é'.encode()[:-1])  # half of é's two bytes
+    assert needle.read_results(path) == [RESULT]
+
+
 def test_results_of_other_settings_are_refused(finished):
     results = needle.read_results(finished)
     needle.check_same_run(results, RUN)

@@ -47,6 +47,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .. import hook
+from ..longbench.jsonl import BadLine, read_jsonl
 from ..longbench.prediction_files import RunIOError, open_no_link, refuse_links
 from ..longbench.prompts import build_chat, decode, generation_kwargs, uses_template
 from ..longbench.suite import sources
@@ -245,19 +246,17 @@ def read_results(path: Path) -> list[dict]:
     """The complete result lines of ``path`` ([] if none), each checked; a half-written last line is ignored."""
     if not path.is_file():
         return []
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # the part after the last newline is partial
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 ({err}); restore it, or use another --out") from None
     results = []
-    for number, line in enumerate(lines, 1):
-        try:
-            result = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number} is not a JSON line ({err}); remove that line to resume") from None
-        if problem := _result_problem(result):
-            raise ValueError(f"{path}:{number} is not a result line ({problem}); remove that line to resume")
-        results.append(result)
+    try:
+        for number, result in read_jsonl(path, complete_only=True):
+            if problem := _result_problem(result):
+                raise ValueError(f"{path}:{number} is not a result line ({problem}); remove that line to resume")
+            results.append(result)
+    except BadLine as bad:
+        where = f"{path}:{bad.number}"
+        if bad.not_utf8:
+            raise ValueError(f"{where}: not UTF-8 ({bad.cause}); restore it, or use another --out") from None
+        raise ValueError(f"{where} is not a JSON line ({bad.cause}); remove that line to resume") from None
     return results
 
 

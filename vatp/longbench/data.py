@@ -13,6 +13,8 @@ import random
 import string
 from pathlib import Path
 
+from .jsonl import BadLine, read_jsonl
+
 # The paper's code runs these with --e (LongBench-E) ...
 LONGBENCH_E = ["qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report", "multi_news", "trec", "triviaqa",
                "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p"]
@@ -149,21 +151,14 @@ def load_samples(dataset: str, e: bool, data_dir: str | None) -> list[dict]:
                         f"as in LongBench's data.zip (drop --e if you only have {dataset}.jsonl)")
     samples = []
     try:
-        with open(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise DataError(f"{path}:{number}: not UTF-8 (byte 0x{raw[err.start]:02x} at byte "
-                                    f"{err.start + 1} of the line); save the file as UTF-8 or fix that line") from None
-                if not line.strip():
-                    continue
-                try:
-                    sample = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove that line") from None
-                _check_sample(sample, f"{path}:{number}")
-                samples.append(sample)
+        for number, sample in read_jsonl(path):
+            _check_sample(sample, f"{path}:{number}")
+            samples.append(sample)
+    except BadLine as bad:
+        if bad.not_utf8:
+            raise DataError(f"{path}:{bad.number}: not UTF-8 (byte 0x{bad.byte:02x} at byte {bad.offset} of the "
+                            "line); save the file as UTF-8 or fix that line") from None
+        raise DataError(f"{path}:{bad.number}: not valid JSON ({bad.cause.msg}); fix or remove that line") from None
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}; check that file") from None
     if not samples:

@@ -15,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+from vatp.longbench.jsonl import BadLine, read_jsonl
 from vatp.longbench.metrics import BUCKETS, score_dataset, score_dataset_e, score_sample
 from vatp.longbench.prediction_files import atomic_write_bytes
 
@@ -125,20 +126,12 @@ def read_predictions(path: Path, need_length: bool) -> list:
     """The records of one prediction file, in order; blank lines are skipped."""
     records = []
     try:
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise _field_error(path, lineno, f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte "
-                                       f"{err.start + 1})") from None
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise _field_error(path, lineno, f"not valid JSON ({err.msg} at column {err.colno})") from None
-                records.append(_checked_record(record, path, lineno, need_length))
+        for lineno, record in read_jsonl(path):
+            records.append(_checked_record(record, path, lineno, need_length))
+    except BadLine as bad:
+        problem = (f"not UTF-8 (byte 0x{bad.byte:02x} at byte {bad.offset})" if bad.not_utf8
+                   else f"not valid JSON ({bad.cause.msg} at column {bad.cause.colno})")
+        raise _field_error(path, bad.number, problem) from None
     except OSError as err:
         raise EvalError(f"cannot read {path}: {err.strerror or err}; check the file's permissions.") from None
     if not records:
