@@ -11,9 +11,12 @@ model is measured between a pre-hook and a hook on the model:
 
 * **ops**: aten operators dispatched (a ``TorchDispatchMode`` counter). On a GPU
   each is a kernel launch, so this is the CPU stand-in for launch overhead;
-* **syncs**: operators that make the host wait for the device
-  (``_local_scalar_dense`` from ``.item()``/``int()``, ``nonzero``, ``is_nonzero``,
-  ``equal``) or copy host data to it (``lift_fresh`` from ``torch.tensor(list)``);
+* **syncs**: every time the host waits for tensor data (``host_syncs.HostSyncCounter``):
+  the operators that read it (``_local_scalar_dense``, ``nonzero``, ``is_nonzero``,
+  ``equal``) or copy host data to the device (``lift_fresh`` from ``torch.tensor(list)``),
+  copies between devices (``.to("cpu")`` on a GPU), and the Python-level reads that on
+  CPU dispatch no such operator (``.tolist()``, ``.item()``, ``.cpu()``, ``.numpy()``,
+  ``bool()``, ``int()``, ``float()``, indexing with a tensor), each counted once;
 * **ms/step**: the median time of a decode-step forward, and its ratio to the
   full cache's at the same batch size in the same run (``× full``): wall time, or with
   ``--clock cpu`` the process's CPU time, which other processes on a shared machine
@@ -31,48 +34,30 @@ from pathlib import Path
 from bench_batch import prompts
 from bench_kv import load, model_arguments, write_outputs
 
-SYNC_OPS = ("_local_scalar_dense", "nonzero", "is_nonzero", "equal", "lift_fresh")
-
-
-def step_counter():
-    """A TorchDispatchMode that counts aten ops and host syncs."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops, self.syncs = 0, 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops += 1
-            self.syncs += func.__name__.split(".")[0] in SYNC_OPS
-            return func(*args, **(kwargs or {}))
-
-    return Counter()
-
-
 def measure(model, ids, mask, new_tokens: int, device: str, clock=time.perf_counter) -> dict:
     """Ops, syncs and times of every decode-step forward of one greedy ``generate``."""
     import torch
+
+    from host_syncs import HostSyncCounter
 
     steps, counting = [], {}
 
     def before(module, args, kwargs):
         inputs = kwargs.get("input_ids", args[0] if args else None)
         if inputs is not None and inputs.shape[1] == 1:  # a decode step
-            counting["mode"] = step_counter().__enter__()
+            counting["counter"] = HostSyncCounter().__enter__()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             counting["start"] = clock()
 
     def after(module, args, kwargs, output):
-        mode = counting.pop("mode", None)
-        if mode is not None:
+        counter = counting.pop("counter", None)
+        if counter is not None:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = clock() - counting.pop("start")
-            mode.__exit__(None, None, None)
-            steps.append((mode.ops, mode.syncs, seconds))
+            counter.__exit__(None, None, None)
+            steps.append((counter.ops, counter.syncs, seconds))
 
     hooks = [model.register_forward_pre_hook(before, with_kwargs=True),
              model.register_forward_hook(after, with_kwargs=True)]
@@ -83,6 +68,8 @@ def measure(model, ids, mask, new_tokens: int, device: str, clock=time.perf_coun
     finally:
         for hook in hooks:
             hook.remove()
+        if (counter := counting.pop("counter", None)) is not None:  # a step that raised: put torch.Tensor back
+            counter.__exit__(None, None, None)
     steady = steps[1:]  # the first step may still be settling the cache
     return {"ops": max(s[0] for s in steady), "syncs": max(s[1] for s in steady),
             "ms": 1000 * statistics.median(s[2] for s in steady)}
