@@ -15,6 +15,9 @@ REFPARITY = FIXTURES / "refparity"
 REFPARITY_FP16 = FIXTURES / "refparity-fp16"
 # Where the fixtures came from, when it sits beside the checkout (the tests check the copy is unchanged).
 SHARED = Path(os.environ.get("VATP_SHARED", REPO.parent / "shared"))
+# The one limit on any wait for a process, a notebook cell or a file: it catches a hang, never a slow machine
+# (a run that passes alone in 45 s took over 120 s on a loaded 2-core CI machine), so no test is timed by it.
+HANG_S = 1800
 
 # The four method variants every end-to-end check runs over.
 VARIANTS = [
@@ -117,3 +120,4 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+

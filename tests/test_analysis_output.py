@@ -6,6 +6,7 @@ import matplotlib.image
 import pytest
 from matplotlib.figure import Figure
 
+from conftest import HANG_S
 from vatp.analysis import compat, report
 from vatp.analysis.output import save_figure, write_text_file
 from vatp.longbench.prediction_files import RunIOError
@@ -57,5 +58,5 @@ def test_compat_refuses_to_append_through_a_link(tmp_path, victim):
     out.mkdir()
     (out / compat.RESULTS).symlink_to(victim)
     with pytest.raises(RunIOError, match="a symbolic link"):
-        compat.run_all(out, ["llama"], timeout=60)
+        compat.run_all(out, ["llama"], timeout=HANG_S)
     assert victim.read_text() == "keep me\n"

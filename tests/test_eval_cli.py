@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HANG_S
 from pred_data import snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ LONGBENCH_RESULT_E = {
 
 def run_eval(*args):
     return subprocess.run([sys.executable, "eval.py", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_S)
 
 
 @pytest.fixture

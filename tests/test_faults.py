@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HANG_S
 from pred_data import MODEL, REPO, load_pred, make_data, models_loaded_once, read_lines, snapshot
 from vatp.longbench import prediction_files, runs
 from vatp.longbench.models import ModelLoadError
@@ -302,7 +303,7 @@ def test_run_lock_refuses_a_second_owner_naming_the_first(tmp_path):
 def test_run_lock_of_a_killed_run_is_taken_over(tmp_path):
     code = ("import sys, time\nfrom vatp.longbench.runs import RunLock\n"
             "with RunLock(sys.argv[1], 'qasper', {}, model_path='m', summary='child'):\n"
-            "    print('locked', flush=True)\n    time.sleep(600)\n")
+            f"    print('locked', flush=True)\n    time.sleep({HANG_S})\n")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline() == "locked\n"
@@ -310,7 +311,7 @@ def test_run_lock_of_a_killed_run_is_taken_over(tmp_path):
             lock(tmp_path).__enter__()
     finally:
         child.kill()
-        child.wait(timeout=30)
+        child.wait(timeout=HANG_S)
     assert run_lock_path(tmp_path, DS).exists()  # left by the SIGKILL: the kernel released its lock
     with lock(tmp_path):
         assert json.loads(run_lock_path(tmp_path, DS).read_text())["pid"] == os.getpid()
@@ -334,7 +335,7 @@ def test_two_writers_of_one_path_never_fail(tmp_path):
     script.write_text(WRITER)
     procs = [subprocess.Popen([sys.executable, str(script), prediction_files.__file__, str(target), tag, "300"],
                               stderr=subprocess.PIPE, text=True) for tag in "ab"]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    results = [(p.wait(timeout=HANG_S), p.stderr.read()) for p in procs]
     assert results == [(0, ""), (0, "")]
     assert target.read_bytes() in (b"a" * 2000, b"b" * 2000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_qasper.json", "writer.py"]
@@ -344,7 +345,7 @@ def test_only_temp_files_of_dead_writers_are_removed(tmp_path):
     target = tmp_path / "run_qasper.json"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({HANG_S})"])
     try:
         temps = {pid: tmp_path / f".run_qasper.json.{prediction_files.HOST}.{pid}.0123abcd.tmp" for pid in (dead.pid, live.pid)}
         other_host = tmp_path / f".run_qasper.json.elsewhere.{dead.pid}.0123abcd.tmp"
@@ -458,7 +459,7 @@ def start_pred(data, save, *extra, preexec_fn=None):
 
 def wait_for_lock(proc, lock_file: Path) -> None:
     """Wait until ``proc`` holds ``lock_file``: it has written its name into it."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_S
     while True:
         with contextlib.suppress(FileNotFoundError):
             if lock_file.stat().st_size:
@@ -466,7 +467,7 @@ def wait_for_lock(proc, lock_file: Path) -> None:
         if proc.poll() is not None:
             pytest.fail(f"pred.py ended before it took the lock: {proc.communicate()[1][-3000:]}")
         if time.monotonic() > deadline:
-            pytest.fail(f"pred.py did not take {lock_file} in 120 s")
+            pytest.fail(f"pred.py did not take {lock_file} in {HANG_S} s")
         time.sleep(0.05)
 
 
@@ -483,7 +484,7 @@ def test_real_ctrl_c_prints_one_line_and_exits_130(data, tmp_path):
     try:
         wait_for_lock(proc, lock_file)  # rank 0 holds the run
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
@@ -505,10 +506,10 @@ def test_second_run_is_refused_at_once_naming_the_first(data, reference, tmp_pat
         first.send_signal(signal.SIGSTOP)
         before = snapshot(tmp_path)
         challengers = {"same": start_pred(data, tmp_path), "other": start_pred(data, tmp_path, "--heavy_ratio", "0.5")}
-        results = {k: p.communicate(timeout=120) for k, p in challengers.items()}
+        results = {k: p.communicate(timeout=HANG_S) for k, p in challengers.items()}
         assert snapshot(tmp_path) == before
         first.send_signal(signal.SIGCONT)
-        first_err = first.communicate(timeout=300)[1]
+        first_err = first.communicate(timeout=HANG_S)[1]
         assert first.returncode == 0, first_err
     finally:
         first.kill()
@@ -530,7 +531,7 @@ def test_second_run_is_refused_at_once_naming_the_first(data, reference, tmp_pat
 def test_two_runs_started_together_leave_a_record_that_matches(data, tmp_path):
     """The issue's race: two settings into one --save at once. One wins; the record describes its predictions."""
     procs = {ratio: start_pred(data, tmp_path, "--limit", "1", "--heavy_ratio", ratio) for ratio in ("0.25", "0.5")}
-    errors = {ratio: p.communicate(timeout=300)[1] for ratio, p in procs.items()}
+    errors = {ratio: p.communicate(timeout=HANG_S)[1] for ratio, p in procs.items()}
     results = {ratio: (procs[ratio].returncode, err) for ratio, err in errors.items()}
     assert sorted(code for code, _ in results.values()) == [0, 2], results
     (winner,) = [ratio for ratio, (code, _) in results.items() if code == 0]
@@ -551,7 +552,7 @@ def mount_tmpfs(folder: Path) -> str | None:
         return "mounting a tmpfs needs root"
     try:
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True,
-                              text=True, timeout=30)
+                              text=True, timeout=HANG_S)
     except (OSError, subprocess.SubprocessError) as err:
         return f"cannot run mount: {err}"
     return None if done.returncode == 0 else f"cannot mount a tmpfs here: {done.stderr.strip()}"

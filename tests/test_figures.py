@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vatp
-from conftest import VARIANT_IDS, VARIANTS
+from conftest import HANG_S, VARIANT_IDS, VARIANTS
 from vatp import policy
 from vatp.analysis import figures, probe
 from vatp.analysis.figures import default_prompt
@@ -31,7 +31,7 @@ def test_figures_cli_writes_three_pngs(tmp_path):
     out = tmp_path / "figs"
     done = subprocess.run([sys.executable, "-m", "vatp.analysis.figures", "--model", "smollm2-135m-instruct", "--layer", "2",
                            "--head", "4", "--prompt-file", str(prompt), "--heavy_ratio", "0.25", "--sink_len", "4",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     for stem in ("value_norms", "attention", "kept_tokens"):
         path = out / f"{stem}.png"

@@ -4,15 +4,15 @@ The notebook is executed in memory with nbclient and never written back, so
 the committed copy stays clean.
 """
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from conftest import HANG_S, REPO
+
 pytestmark = pytest.mark.slow  # runs subprocesses
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "visual.ipynb"
 FIGURES = 4  # value norms, attention heatmap, kept tokens, attention against value norm per layer
 
@@ -20,7 +20,7 @@ FIGURES = 4  # value norms, attention heatmap, kept tokens, attention against va
 @pytest.fixture(scope="module")
 def executed():
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    NotebookClient(nb, timeout=HANG_S, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     return nb
 
 

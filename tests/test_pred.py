@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from conftest import HANG_S
 from pred_data import MODEL, REPO, SAMSUM, SAMSUM_E, load_pred, make_data, models_loaded_once, read_lines
 
 pred = load_pred()
@@ -232,17 +233,17 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_file(reference, data
     part = tmp_path / MODEL / "offline_count.parts" / "part-0-of-1.jsonl"
     proc = subprocess.Popen([sys.executable, "pred.py", *command(data, tmp_path)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HANG_S
     while not (part.exists() and part.read_bytes().count(b"\n") >= 1):
         assert proc.poll() is None, "pred.py ended before it was killed"
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert proc.wait(timeout=HANG_S) == -signal.SIGKILL
     assert part.read_bytes().count(b"\n") == 1 and not (tmp_path / MODEL / "offline_count.jsonl").exists()
 
     done = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "2", "pred.py",
-                           *command(data, tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           *command(data, tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "offline_count: 2/2 predictions" in done.stdout and "(1 new on rank 0 of 1" in done.stdout
     assert_same_files(tmp_path / MODEL, reference)
@@ -255,7 +256,7 @@ def test_two_processes_on_cpu_give_the_single_process_file(reference, data, tmp_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "pred.py", *command(data, tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_S, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):  # both ranks loaded the model
         assert f"rank {rank} of 2: {MODEL} on cpu" in done.stderr

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from conftest import HANG_S
 from pred_data import MODEL, REPO, load_pred, make_data, snapshot
 
 pytestmark = pytest.mark.slow  # runs subprocesses
@@ -134,7 +135,7 @@ def test_error_exits_2_with_the_fix_and_changes_nothing(setup, case):
     env = {**{k: v for k, v in os.environ.items() if k != "VATP_CONFIG_DIR"},
            **{k: v.format(root=root) for k, v in env.items()}}
     done = subprocess.run([sys.executable, "pred.py", *argv], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env=env)
+                          timeout=HANG_S, env=env)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("pred.py: error: ")]
@@ -226,7 +227,7 @@ def test_broken_files_are_refused_before_the_model_loads_and_leave_no_trace(setu
         save = breaker(out, stack) or tmp_path / "save"
         before = snapshot(tmp_path)
         done = subprocess.run([sys.executable, "pred.py", "--save", str(save), *flags], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=HANG_S)
         assert snapshot(tmp_path) == before
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and " of 1: " not in done.stderr

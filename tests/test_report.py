@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from conftest import HANG_S
 from vatp.analysis import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def _args(specs, out):
 def test_cli_prints_and_writes_the_table(runs, tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "vatp.analysis.report", *_args(runs, out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(TABLE + "\n")
     markdown = (out / "report.md").read_text(encoding="utf-8")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HANG_S
 from vatp.longbench import prediction_files
 from vatp.longbench.runs import (PredictionWriter, RunIOError, SettingsMismatchError, done_ids, final_path, finish_run,
                         load_run_record, merge_parts, part_path, part_paths, prediction_record,
@@ -200,7 +201,7 @@ def child(script, out, mode, rank=0, world=1, *cut):
 
 def run_to_end(script, out, mode, world=1):
     procs = [child(script, out, mode, r, world) for r in range(world)]
-    assert [p.wait(timeout=120) for p in procs] == [0] * world
+    assert [p.wait(timeout=HANG_S) for p in procs] == [0] * world
 
 
 def kill_after(procs, delay):
@@ -208,7 +209,7 @@ def kill_after(procs, delay):
     for p in procs:
         p.send_signal(signal.SIGKILL)
     for p in procs:
-        p.wait(timeout=30)
+        p.wait(timeout=HANG_S)
 
 
 def assert_same_file(got: Path, want: Path):
@@ -237,7 +238,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
         kill_after([child(script, out, "all")], rng.uniform(0.02, seconds / 3))
         todo = [i for i in range(N) if f"id{i:03d}" not in done_ids([final_path(out, DS), part])]
         if todo:  # timing alone rarely cuts a write short: force it, on one of the next samples
-            assert child(script, out, "all", 0, 1, rng.choice(todo[:3])).wait(timeout=120) == -signal.SIGKILL
+            assert child(script, out, "all", 0, 1, rng.choice(todo[:3])).wait(timeout=HANG_S) == -signal.SIGKILL
             assert not part.read_bytes().endswith(b"\n")
             cuts += 1
     assert cuts >= 3

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from conftest import HANG_S
 from pred_data import MODEL, REPO, SAMSUM, SAMSUM_E, load_pred, snapshot, write_jsonl
 from vatp.longbench.data import DataError, UsageError, dataset_configs, load_samples, resolve_model
 
@@ -151,7 +152,7 @@ def test_pred_refuses_bad_data_before_the_model_loads(tmp_path, case):
     save.mkdir()
     done = subprocess.run([sys.executable, "pred.py", "--data_dir", str(data), "--datasets", "offline_count",
                            "--device", "cpu", "--save", str(save)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("pred.py: error: ")]
