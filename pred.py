@@ -115,6 +115,25 @@ def check_args(args) -> None:
         raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.h2o and args.method not in (None, "h2o"):
         raise UsageError(f"--h2o picks H2O but --method says {args.method}; give one of them")
+    if given := [f"--{name}" for name in not_applying(args) if getattr(args, name) != DEFAULTS[name]]:
+        listed = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
+        warnings.warn(f"{listed} do{'es' * (len(given) == 1)} not apply to this run ({describe(args)}): recorded in "
+                      "the run record, but not part of the run's identity", stacklevel=2)
+
+
+# The flags each run may leave unused, at their defaults.
+DEFAULTS = {"method": None, "h2o": False, "apval": False, "adakv": False, "sink_len": 0, "backend": "mask",
+            "scoring": None, "score_dtype": None, "compile": None}
+
+
+def not_applying(args) -> list[str]:
+    """The flags this run ignores: the full cache (--heavy_ratio 1) uses no method flag, and only VATP and
+    StreamingLLM keep sinks. They are stored in its run records but not compared, so that the same run with
+    other values of them resumes."""
+    if args.heavy_ratio >= 1.0:
+        return list(DEFAULTS)
+    sinks = args.apval or method_name(args) == "streaming"
+    return [] if sinks else ["sink_len"]
 
 
 def method_name(args) -> str:
@@ -263,24 +282,26 @@ def claim(args, job: Job, locks: contextlib.ExitStack) -> dict:
     plans = {}
     if job.state.is_main_process:
         settings = run_settings(args, job)
+        uncompared = runs.UNCOMPARED | {"recent_ratio", "not_applying", *settings["not_applying"]}
         for name in job.inputs.samples:
             locks.enter_context(runs.RunLock(out_dir(args), name, settings, model_path=job.inputs.model_path,
-                                             summary=describe(args)))
+                                             summary=describe(args), uncompared=uncompared))
         plans = {name: runs.check_run(out_dir(args), name, settings, model_path=job.inputs.model_path,
-                                      overwrite=args.overwrite, ids=runs.sample_ids(samples))
+                                      overwrite=args.overwrite, ids=runs.sample_ids(samples), uncompared=uncompared)
                  for name, samples in job.inputs.samples.items()}
     job.state.wait_for_everyone()
     return plans
 
 
 def run_settings(args, job: Job) -> dict:
-    """Every flag, with the dtype, scoring and score dtype actually used. runs compares all of them but
-    device(_map), limit, save, data_dir, datasets, overwrite, batch_size and trust_remote_code."""
+    """Every flag, with the dtype, scoring and score dtype actually used, and the flags that do not apply. runs
+    compares all of them but device(_map), limit, save, data_dir, datasets, overwrite, batch_size,
+    trust_remote_code, recent_ratio (ignored, as in the paper's code) and those that do not apply."""
     import torch
 
     resolved = job.config or vatp.VatpConfig(backend=args.backend, scoring=args.scoring, score_dtype=args.score_dtype)
     return {**recorded_flags(args), "dtype": job.dtype, "scoring": resolved.resolved_scoring,
-            "score_dtype": resolved.score_dtype_name(getattr(torch, job.dtype))}
+            "score_dtype": resolved.score_dtype_name(getattr(torch, job.dtype)), "not_applying": not_applying(args)}
 
 
 # Flags added after runs were recorded, left out at their defaults: those runs still resume.

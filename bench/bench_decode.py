@@ -76,7 +76,10 @@ def measure(model, ids, mask, new_tokens: int, device: str, clock=time.perf_coun
 
 
 def variants(methods: list[str], apval: list[bool]) -> list[tuple[str, bool]]:
-    return [(m, a) for m in methods for a in apval]
+    """Each method with and without VATP, where VATP applies (methods whose scores are attention)."""
+    from vatp.methods import method_class
+
+    return [(m, a) for m in methods for a in apval if not a or method_class(m).scores.is_attention]
 
 
 def run(args) -> list[dict]:

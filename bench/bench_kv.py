@@ -61,9 +61,10 @@ def load(args):
     return load_model_and_tokenizer(resolve_model(args.model)[0], args.dtype, args.device)[0]
 
 
-def settings_of(method: str) -> dict:
-    """H2O+VATP at the paper's 50% budget, or another method with VATP at the same budget."""
-    return {**{k: v for k, v in SETTINGS.items() if k != "h2o"}, "method": method}
+def settings_of(method: str, heavy_ratio: float = SETTINGS["heavy_ratio"], adakv: bool = False) -> dict:
+    """H2O+VATP at the paper's 50% budget, or another method with VATP, at ``heavy_ratio``, with AdaKV or not."""
+    return {**{k: v for k, v in SETTINGS.items() if k != "h2o"}, "method": method, "heavy_ratio": heavy_ratio,
+            "adakv": adakv}
 
 
 def compile_mode(device: str) -> str:
@@ -92,7 +93,8 @@ def measure(args, mode: str, lengths: list[int]) -> list[dict]:
     if mode in ("mask", "evict", "evict-compiled"):
         compiled = compile_mode(args.device) if mode == "evict-compiled" else None
         vatp.enable(model, backend="mask" if mode == "mask" else "evict", compile=compiled,
-                    scoring="eager" if mode == "mask" else args.scoring, **settings_of(args.method))
+                    scoring="eager" if mode == "mask" else args.scoring,
+                    **settings_of(args.method, args.heavy_ratio, args.adakv))
     points = []
     for length in lengths:
         try:
@@ -140,8 +142,14 @@ def measure_one(args, model, mode: str, length: int) -> dict:
             token = out.logits[:, -1:].argmax(-1)
         sync()
         decode_ms = 1000 * (time.perf_counter() - start) / args.steps
-    kv_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    kv_tokens = cache.layers[0].keys.shape[-2]  # slots held, including evict's slot for the next token
+    from vatp.backends import held_bytes
+
+    kv_bytes = sum(held_bytes(layer) for layer in cache.layers)
+    # Slots held per KV head of a layer, evict's slot for the next token included; with AdaKV the heads hold
+    # their own budgets one after the other, so this is their mean.
+    layer = cache.layers[0]
+    slot_bytes = 2 * layer.keys.shape[-1] * layer.keys.element_size() * model.config.num_key_value_heads
+    kv_tokens = round(kv_bytes / (slot_bytes * len(cache.layers)), 1)
     return dict(mode=mode, length=length, prefill_s=prefill_s, prefill_peak_gib=peak / 2**30,
                 decode_ms=decode_ms, kv_bytes=kv_bytes, kv_tokens=kv_tokens)
 
@@ -217,7 +225,10 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--modes", nargs="+", choices=MODES, default=["full", "mask", "evict"])
     p.add_argument("--scoring", choices=["chunked", "window", "fused"], default="chunked", help="evict's prefill scoring")
-    p.add_argument("--method", choices=list(METHODS), default="h2o", help="with VATP, at the 50%% budget")
+    p.add_argument("--method", choices=list(METHODS), default="h2o", help="with VATP")
+    p.add_argument("--heavy_ratio", type=float, default=SETTINGS["heavy_ratio"],
+                   help="the budget ratio (default 0.25, the paper's 50%% budget)")
+    p.add_argument("--adakv", action="store_true", help="AdaKV's head budgets")
     p.add_argument("--steps", type=int, default=16, help="decode steps timed after the prefill")
     p.add_argument("--warmup", type=int, default=3, help="untimed decode steps first (compilation, CUDA graphs)")
     p.add_argument("--out", default="bench/results/cpu", help="output prefix: OUT.json, OUT.md, OUT.png")
@@ -246,11 +257,13 @@ def main(argv=None) -> int:
             points += found
     ok = [pt for pt in points if "error" not in pt]
     rows = ratios(ok)
-    title = (f"{args.shape or args.model}, {args.dtype}, {args.device}, {method_label(args.method, True)} heavy_ratio "
-             f"0.25 (50% budget), evict scoring {args.scoring}")
+    label = method_label(args.method, True) + ("+AdaKV" if args.adakv else "")
+    title = (f"{args.shape or args.model}, {args.dtype}, {args.device}, {label} heavy_ratio {args.heavy_ratio} "
+             f"({2 * args.heavy_ratio:.0%} budget), evict scoring {args.scoring}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"title": title, "settings": settings_of(args.method),
+    out.with_suffix(".json").write_text(json.dumps({"title": title,
+                                                    "settings": settings_of(args.method, args.heavy_ratio, args.adakv),
                                                     "steps": args.steps,
                                                     "points": rows, "failed": [pt for pt in points if "error" in pt]},
                                                    indent=1))

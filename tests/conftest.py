@@ -72,22 +72,27 @@ def recorded_decisions():
     order as decided on, -inf where not attended, budget)]."""
     from vatp import policy
 
-    calls, original = [], policy.keep_slots
+    calls, originals = [], {name: getattr(policy, name) for name in ("keep_slots", "step_victim")}
 
-    def recording(scores, positions, attended, cached, limits):
-        k = int(cached[0])
-        held = attended[0] & (positions[0] >= 0)
-        ordered = scores.new_full((scores.shape[1], k + 1), float("-inf"))
-        ordered.scatter_(1, torch.where(held, positions[0].expand_as(held), k), scores[0].masked_fill(~held, float("-inf")))
-        budget = policy.Budget(int(limits.heavy[0].max()), int(limits.recent[0]))
-        calls.append((ordered[:, :k].clone(), budget))
-        return original(scores, positions, attended, cached, limits)
+    def recording(original):
+        def decide(scores, positions, attended, cached, limits):
+            k = int(cached[0])
+            held = attended[0] & (positions[0] >= 0)
+            ordered = scores.new_full((scores.shape[1], k + 1), float("-inf"))
+            ordered.scatter_(1, torch.where(held, positions[0].expand_as(held), k),
+                             scores[0].masked_fill(~held, float("-inf")))
+            budget = policy.Budget(int(limits.heavy[0].max()), int(limits.recent[0]))
+            calls.append((ordered[:, :k].clone(), budget))
+            return original(scores, positions, attended, cached, limits)
+        return decide
 
-    policy.keep_slots = recording
+    for name, original in originals.items():
+        setattr(policy, name, recording(original))
     try:
         yield calls
     finally:
-        policy.keep_slots = original
+        for name, original in originals.items():
+            setattr(policy, name, original)
 
 
 def boundary_gaps(scores: torch.Tensor, budget) -> torch.Tensor:
@@ -121,3 +126,20 @@ def pytest_collection_modifyitems(items):
         if SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
 
+
+def method_variants(apval=(False, True), adakv=(False, True)) -> list[tuple[str, bool, bool]]:
+    """Every registered method with and without VATP and AdaKV, where they apply (methods that score attention):
+    the one shared list of (method, apval, adakv) that tests run over."""
+    from vatp.methods import method_class
+    from vatp.names import METHODS
+
+    return [(m, a, k) for m in METHODS for a in apval for k in adakv
+            if method_class(m).scores.is_attention or not (a or k)]
+
+
+def variant_id(variant) -> str:
+    """``H2O+VATP+AdaKV`` for (``"h2o"``, True, True)."""
+    from vatp.names import method_label
+
+    method, apval, adakv = variant
+    return method_label(method, apval) + ("+AdaKV" if adakv else "")

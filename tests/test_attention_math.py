@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from vatp.attention_math import (chunked_prefill, decode_step, eager_prefill, model_decode_step, model_prefill, scaled_logits,
+from vatp.attention_math import (DecodeOperands, chunked_prefill, decode_step, eager_prefill, model_decode_step, model_prefill, scaled_logits,
                           window_prefill)
 
 
@@ -88,7 +88,7 @@ def test_decode_step_gives_pruned_keys_exactly_zero_probability():
     q, k, v = _qkv(6, 3, 20)
     keep = torch.rand(3, 20) > 0.5
     keep[:, -1] = True
-    out, probs = decode_step(q[:, :, -1:], k, v, keep[None], 0.25)
+    out, probs = decode_step(q[:, :, -1:], DecodeOperands.of(k, v, keep[None]), 0.25)
     probs = probs[0].reshape(6, 20)  # (kv_heads, group, C) -> (heads, C)
     assert (probs[~keep.repeat_interleave(2, 0)] == 0).all()
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(6))
@@ -122,3 +122,16 @@ def test_window_scoring_sums_are_eagers_bit_for_bit_and_its_output_sdpas(dtype, 
         torch.testing.assert_close(sums, eager_sums, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(out, model_prefill(q, k, v, None, 0.125), rtol=0, atol=0)
     torch.testing.assert_close(out.float(), eager_out.float(), rtol=1e-2, atol=1e-2 if dtype == torch.float16 else 1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 1], ids=["every query (H2O)", "the last query (TOVA)"])
+def test_no_chunk_holds_a_single_query_row_so_chunked_equals_eager_bit_for_bit(window):
+    """A one-row product runs a matrix-vector kernel, which rounds otherwise than eager's matrix product: 512-row
+    chunks of 1025 queries would leave row 1024 alone, and a window of 1 would be a chunk of its own."""
+    q, k, v = _qkv(4, 2, 1025)
+    out, sums = eager_prefill(q, k, v, None, 0.25, window)
+    chunked_out, chunked_sums = chunked_prefill(q, k, v, None, 0.25, window, 512)
+    assert torch.equal(chunked_out, out)
+    if window == 1:  # one scored row: no sum across chunks
+        assert torch.equal(chunked_sums, sums)
+        assert torch.equal(window_prefill(q, k, v, None, 0.25, window)[1], sums)

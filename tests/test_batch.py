@@ -7,14 +7,12 @@ import pytest
 import torch
 
 import vatp
-from conftest import tiny_llama
-from vatp.names import METHODS
+from conftest import method_variants, tiny_llama, variant_id
 
 LENGTHS = [150, 57, 95]  # 150 - 57 = 93: more than the budgets of the shorter rows (38, 66)
 # Every method with and without VATP; AdaKV's head budgets on one decoding and one prompt-only method.
-VARIANTS = [(method, apval, False) for method in METHODS for apval in (False, True)] + [
-    ("h2o", True, True), ("snapkv", False, True)]
-VARIANT_IDS = [vatp.names.method_label(m, a) + ("+AdaKV" if k else "") for m, a, k in VARIANTS]
+VARIANTS = method_variants(adakv=(False,)) + [("h2o", True, True), ("snapkv", False, True)]
+VARIANT_IDS = [variant_id(v) for v in VARIANTS]
 STEPS = 16
 
 
@@ -77,6 +75,7 @@ def test_padding_is_never_attended_nor_kept(backend):
         else:  # one slot per token of the larger budget, plus the one the next token takes
             cache = session.cache.layers[0]
             assert cache.keys.shape[-2] == 41 and state.attended.shape[-1] == 41
-            assert (state.attended[1].sum(dim=1) == 14).all() and not state.attended[1, :, 15:].any()
+            # its 14 kept tokens and the slot open for the next one (its 15th, unused so far)
+            assert (state.attended[1].sum(dim=1) == 15).all() and not state.attended[1, :, 15:].any()
         held = state.positions[1].expand_as(state.attended[1])[state.attended[1]]
         assert int(held.min()) >= 0  # own tokens only (no padding)

@@ -4,15 +4,15 @@ import re
 
 import pytest
 
+from conftest import method_variants
 from vatp import VatpConfig
 from vatp.methods import BudgetError, get_method
-from vatp.names import METHODS
 
 HINT = re.compile(r"use heavy_ratio >= (\S+) for this prompt length")
 NO_RATIO = "no heavy_ratio <= 1"
 # (method, sink_len, sinks) as VatpSession passes them: sinks = VatpConfig.scorer.protects_sinks, apval off and on.
 SETTINGS = sorted({(name, sink_len, VatpConfig(method=name, sink_len=sink_len, apval=apval).scorer.protects_sinks)
-                   for name in METHODS for sink_len in (0, 4, 20) for apval in (False, True)})
+                   for name, apval, _ in method_variants(adakv=(False,)) for sink_len in (0, 4, 20)})
 
 
 def refusal(name: str, prompt_len: int, ratio: float, sink_len: int, sinks: bool) -> str | None:

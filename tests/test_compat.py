@@ -86,7 +86,7 @@ def test_values_wider_than_keys_score_alike_eager_and_chunked():
     assert out.shape == chunked_out.shape == (1, 37, 4, 24)
     torch.testing.assert_close(chunked_out, out, rtol=0, atol=1e-6)
     torch.testing.assert_close(chunked_sums, sums, rtol=0, atol=1e-5)
-    step, _ = attention_math.decode_step(query[:, :, -1:], key, value, None, 0.25)
+    step, _ = attention_math.decode_step(query[:, :, -1:], attention_math.DecodeOperands.of(key, value), 0.25)
     torch.testing.assert_close(step, out[:, -1:], rtol=0, atol=1e-6)
 
 

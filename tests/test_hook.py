@@ -160,7 +160,9 @@ def test_evict_reuses_freed_slots_and_keeps_the_right_tokens():
     assert len(set(buffers)) == 1  # one buffer, written in place, from the first step on
     assert buffers[-1][1] == budget.total + 1  # the budget plus the slot the next token overwrites
     assert layer.get_seq_length() == budget.total
-    slots = [state.attended[0, head].nonzero().flatten() for head in range(2)]  # each head's kept slots
+    # Each head's kept slots (the one open for the next token aside: its slot is ``free``).
+    slots = [(state.attended[0, head] & (torch.arange(budget.total + 1) != state.free[0, head])).nonzero().flatten()
+             for head in range(2)]
     held = [state.positions[0, head, slots[head]] for head in range(2)]  # their tokens' positions, by slot
     assert held[0].tolist() != sorted(held[0].tolist())  # slots were reused out of order
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import vatp
-from conftest import greedy, tiny_llama
+from conftest import greedy, method_variants, tiny_llama, variant_id
+from vatp.backends import held_bytes
 from vatp.methods import Method, Prompt
-from vatp.names import METHODS
 from vatp.policy import Budget, accumulate
 
-VARIANTS = [(m, apval, adakv) for m in METHODS for apval in (False, True) for adakv in (False, True)]
-IDS = [vatp.names.method_label(m, a) + ("+AdaKV" if k else "") for m, a, k in VARIANTS]
+VARIANTS = method_variants()
+IDS = [variant_id(v) for v in VARIANTS]
 
 
 def _prompt(n, seed=5, vocab=128):
@@ -64,10 +64,15 @@ def test_each_layer_keeps_its_budget(model, variant):
         greedy(model, _prompt(120), steps=5)
         for layer, state in session.layers.items():
             budget, kept = state.budgets[0], [len(head) for head in state.kept_positions()]
-            decoding = session.method.prunes_while_decoding
+            decoding = session.method.scores.decides_while_decoding
             assert sum(kept) == 3 * (budget.total + (0 if decoding else 4)), (layer, kept)
             if not adakv:
                 assert len(set(kept)) == 1
+            # The cache holds each head's own tokens and no more (AdaKV's heads unpadded), plus, where every step
+            # decides, each head's slot open for the next token.
+            cached = session.cache.layers[layer]
+            slots = held_bytes(cached) // (2 * cached.keys.shape[-1] * cached.keys.element_size())
+            assert slots == sum(kept) + (3 if decoding else 0), (layer, slots, kept)
 
 
 class NegativeScores(Method):

@@ -91,20 +91,22 @@ def test_criticalkv_keeps_snapkvs_best_then_the_best_projected_value_perturbatio
                                  for h in range(6)]).view(3, 2, prefix).mean(dim=1)
         for head in range(3):
             stage1 = _top(snap[head], first)
-            stage2 = ((snap[head] + 1e-4) * projected[head]).index_fill(0, torch.tensor(sorted(stage1)), -1.0)
+            # epsilon added to the window's mean attention, as kvpress's CriticalKVPress adds it
+            stage2 = ((snap[head] / WINDOW + 1e-4) * projected[head]).index_fill(0, torch.tensor(sorted(stage1)), -1.0)
             expected = stage1 | _top(stage2, heavy - first) | set(range(prefix, LENGTH))
             assert kept[layer][head] == expected, (layer, head)
 
 
-def test_pyramidkv_spends_more_of_the_same_total_on_lower_layers(model):
+@pytest.mark.parametrize("apval", [False, True], ids=["pyramidkv", "pyramidkv+vatp"])
+def test_pyramidkv_spends_more_of_the_same_total_on_lower_layers(model, apval):
     ids = _prompt()
-    kept = _kept_after_prompt(model, ids, method="pyramidkv")
+    kept = _kept_after_prompt(model, ids, method="pyramidkv", apval=apval)
     heavy = [len(kept[layer][0]) - WINDOW for layer in range(3)]
     even = TOTAL - WINDOW
     assert sum(heavy) == 3 * even and heavy[0] > heavy[1] > heavy[2]
-    low = max(even // 20, SINKS)  # h / beta, but room for the sinks
+    low = max(even // 20, SINKS if apval else 0)  # h / beta, but room for the sinks where they are kept
     assert heavy == [2 * even - low, even, low]  # linear from 2h - low to low
-    for layer, snap in enumerate(direct_scores(model, ids, apval=False, sink_len=0)):
+    for layer, snap in enumerate(direct_scores(model, ids, apval=apval, sink_len=SINKS)):
         for head in range(3):
             assert kept[layer][head] == _top(snap[head], heavy[layer]) | set(range(LENGTH - WINDOW, LENGTH))
 

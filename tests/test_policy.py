@@ -5,8 +5,8 @@ import torch
 
 from vatp import VatpConfig
 from vatp.methods import BudgetError, get_method
-from vatp.policy import (NO_POSITION, Budget, Limits, accumulate, drop_pruned, group_to_kv_heads, keep_slots,
-                         protect_sinks, rank_key, value_l1_norm)
+from vatp.policy import (NO_POSITION, Budget, Limits, accumulate, drop_pruned, group_to_kv_heads, keep_slots, leaving,
+                         protect_sinks, rank_key, step_victim, value_l1_norm)
 
 
 def decide(scores, budget, positions=None, attended=None):
@@ -116,6 +116,36 @@ def test_a_batch_decides_each_row_as_alone():
         assert torch.equal(keep[row, :, width - n:], alone[row]) and not keep[row, :, :width - n].any()
 
 
+@pytest.mark.parametrize("sinks", [0, 3])
+@pytest.mark.parametrize("latest", [False, True], ids=["accumulated", "replaced"])
+def test_a_decode_steps_victim_is_the_full_decisions_one_slot(sinks, latest):
+    """step_victim, in O(C), leaves exactly the slot keep_slots would prune, over 60 steps of a left-padded batch
+    with a budget per row (one that does not prune yet, one that keeps all), scores with many ties, and per-head
+    budgets (AdaKV): it decides as the full decision at every step."""
+    torch.manual_seed(1)
+    lengths, budgets = [40, 25, 12, 30], [Budget(8, 4), Budget(10, 0), Budget(9, 6), Budget(3, 3, keeps_all=True)]
+    heads, width = 2, max(lengths)
+    positions = (torch.arange(width) - (width - torch.tensor(lengths)).view(-1, 1, 1)).clamp(min=NO_POSITION)
+    attended = (positions >= 0).expand(4, heads, width).clone()
+    scores = torch.randint(0, 3, (4, heads, width)).float().masked_fill(~attended, float("-inf"))
+    heavy = torch.tensor([b.heavy for b in budgets]).view(-1, 1, 1) + torch.tensor([0, 1]).view(1, -1, 1)
+    limits = Limits.of(budgets, "cpu", sinks, heavy=heavy)
+    cached = torch.tensor(lengths).view(-1, 1, 1)
+    attended = keep_slots(scores, positions, attended, cached, limits)
+    scores = drop_pruned(scores, attended)
+    for _ in range(60):  # each step appends the new token's slot, as the mask backend does
+        cached = cached + 1
+        positions = torch.cat([positions, cached - 1], dim=-1)
+        attended = torch.cat([attended, torch.ones(4, heads, 1, dtype=torch.bool)], dim=-1)
+        step = torch.randint(0, 2, (4, heads, positions.shape[-1])).float()
+        scores = torch.cat([scores, torch.zeros(4, heads, 1)], dim=-1)
+        scores = step.masked_fill(~attended, float("-inf")) if latest else accumulate(scores, step)
+        full = keep_slots(scores, positions, attended, cached, limits)
+        victim, leaves = step_victim(scores, positions, attended, cached, limits)
+        assert torch.equal(attended > leaving(attended, victim, leaves), full)
+        attended, scores = full, drop_pruned(scores, full)
+
+
 def test_drop_pruned_and_accumulate():
     scores = torch.tensor([[[1.0, 2.0, 3.0]]])
     keep = torch.tensor([[[True, False, True]]])
@@ -153,9 +183,9 @@ def test_config_rejects_bad_settings(bad):
         VatpConfig(**bad)
 
 
-def test_config_from_paper_flags():
-    cfg = VatpConfig.from_paper_flags(0.25, h2o=False, apval=True, sink_len=None)
-    assert (cfg.method, cfg.apval, cfg.sink_len, cfg.resolved_scoring) == ("scissorhands", True, 0, "eager")
+def test_config_defaults_and_resolved_scoring():
+    cfg = VatpConfig(heavy_ratio=0.25, apval=True)
+    assert (cfg.method, cfg.apval, cfg.sink_len, cfg.resolved_scoring) == ("h2o", True, 0, "eager")
     assert VatpConfig(backend="evict").resolved_scoring == "chunked"
 
 

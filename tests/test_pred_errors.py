@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,12 @@ CASES = {  # id: (flags, environment, what the message must say)
     "limit 0": (METHOD + ["--limit", "0"], {}, ["--limit must be >= 1"]),
     "sinks overflow the budget": (METHOD + ["--sink_len", "200"], {},
                                   ["offline_count sample 0", "sink_len 200 exceeds the heavy budget", "lower sink_len"]),
+    "a budget of no token": (["--method", "knorm", "--backend", "evict", "--heavy_ratio", "0.001"], {},
+                             ["offline_count sample 0", "knorm: heavy_ratio 0.001 keeps no token", "use heavy_ratio >="]),
+    "vatp on scores that are not attention": (["--method", "knorm", "--apval", "--heavy_ratio", "0.25"], {},
+                                              ["VATP (apval) weights attention scores", "knorm", "drop apval"]),
+    "adakv without scores": (["--method", "streaming", "--adakv", "--heavy_ratio", "0.25"], {},
+                             ["AdaKV moves budget between KV heads", "drop adakv"]),
     "scissorhands budget below its recent window": (["--heavy_ratio", "0.01"], {},
                                                     ["scissorhands: heavy_ratio 0.01 gives a negative heavy budget",
                                                      "use heavy_ratio >="]),
@@ -145,6 +152,44 @@ def test_error_exits_2_with_the_fix_and_changes_nothing(setup, case):
     assert " of 1: " not in done.stderr, "stopped only after the model load"
     assert snapshot(root / "save") == before
 
+
+@pytest.mark.parametrize("recorded,rerun,warned", [
+    (["--heavy_ratio", "1"], ["--heavy_ratio", "1", "--method", "snapkv", "--backend", "evict", "--adakv"],
+     "--method, --adakv and --backend do not apply to this run (full cache)"),
+    (["--h2o", "--heavy_ratio", "0.25"], ["--h2o", "--heavy_ratio", "0.25", "--sink_len", "20"],
+     "--sink_len does not apply to this run (H2O r=0.25 sink=0 mask)"),
+])
+def test_flags_that_do_not_apply_are_recorded_but_do_not_make_a_run_different(setup, tmp_path, recorded, rerun,
+                                                                              warned):
+    """A rerun that adds flags its run ignores resumes the same predictions; one that changes a flag that applies
+    (the dtype) is refused."""
+    from types import SimpleNamespace
+
+    from vatp.longbench import runs
+
+    pred = load_pred()
+    common = ["--save", str(tmp_path), "--data_dir", str(setup / "data"), "--datasets", "offline_count"]
+
+    def claim(flags):
+        args = pred.parse_args([*common, *flags])
+        job = SimpleNamespace(inputs=pred.read_inputs(args), config=pred.vatp_config(args), dtype=args.dtype or "float32",
+                              state=SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None))
+        with contextlib.ExitStack() as locks:
+            return args, job, pred.claim(args, job, locks)
+
+    args, job, plans = claim(recorded)
+    runs.begin_run(plans["offline_count"])
+    sample = job.inputs.samples["offline_count"][0]
+    with runs.PredictionWriter(tmp_path / MODEL, "offline_count") as writer:
+        writer.write(runs.prediction_record("42", sample, 0, runs.sample_ids([sample])[0]))
+    with pytest.warns(UserWarning, match=re.escape(warned)):
+        pred.check_args(pred.parse_args([*common, *rerun]))
+    args, _, plans = claim(rerun)
+    session = runs.begin_run(plans["offline_count"])["sessions"][-1]
+    assert len(runs.load_run_record(tmp_path / MODEL, "offline_count")["sessions"]) == 2  # resumed
+    assert set(session["args"]["not_applying"]) >= set(re.findall(r"--(\w+)", warned.split(" do")[0]))
+    with pytest.raises(runs.SettingsMismatchError, match="dtype"):
+        claim([*rerun, "--dtype", "float16"])
 
 
 # --- broken prediction files and run records, --save on a file, a held lock ----------------------

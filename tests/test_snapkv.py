@@ -83,7 +83,7 @@ def test_nothing_is_pruned_while_decoding(apval):
     assert cached == 60 + steps - 1  # the budget, plus every generated token the cache has seen
     assert state.attended is None  # one row, so every slot holds a kept token: the model's attention, unmasked
     assert all(head[-(steps - 1):] == list(range(120, 120 + steps - 1)) for head in state.kept_positions())
-    assert state.decoded == steps - 1 and int(state.cached) == 120  # the prompt's count: decode steps are not tracked
+    assert state.decoded == steps - 1 and int(state.cached) == 120 + steps - 1  # the tokens seen, decode steps too
 
 
 @pytest.mark.parametrize("apval", [False, True], ids=["snapkv", "snapkv+vatp"])

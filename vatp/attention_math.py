@@ -1,11 +1,14 @@
 """Attention with the per-key scores the policy needs.
 
-Two ways to score a prompt, same result up to float rounding:
+Four ways to score a prompt, same result up to float rounding:
 
 * :func:`eager_prefill` materialises the (heads, L, L) probabilities, as the
   paper's code does. It is the faithful reference.
 * :func:`chunked_prefill` computes the same in chunks of query rows, so
   peak extra memory is O(heads x chunk x L), not O(L^2).
+* :func:`window_prefill` runs the model's own SDPA for every query and computes
+  probabilities for a method's window of last queries only.
+* ``vatp.fused.fused_prefill`` is SDPA plus a Triton column-sum kernel (CUDA).
 
 :func:`decode_step` attends one new query per row, optionally under a keep mask, in the same
 arithmetic; :func:`model_decode_step` is the model's own SDPA for methods that score nothing then.
@@ -21,6 +24,8 @@ probabilities instead (for bfloat16 models, whose 8-bit mantissa loses the
 decode steps' small increments).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -105,13 +110,23 @@ def eager_prefill(query, key, value, mask, scaling, window: int | None, score_dt
 
 
 def _row_chunks(q_len: int, start: int, chunk: int) -> list[tuple[int, int]]:
-    """Query-row chunks of at most ``chunk`` rows, one of them starting at the first scored row ``start``.
+    """Query-row chunks of at most ``chunk`` rows (one more where merged), one of them starting at the first
+    scored row ``start``, and none of one row unless the prompt is one token.
 
     Scored rows then fall in as few chunks as possible (one when a window or
-    the prompt fits a chunk), so their sum is eager's sum bit for bit.
+    the prompt fits a chunk), so their sum is eager's sum bit for bit. A one-row
+    product runs another kernel (matrix times vector) that rounds otherwise than
+    eager's, so a chunk of one row joins its neighbour.
     """
+    chunk = max(chunk, 2)
     before = [(max(hi - chunk, 0), hi) for hi in range(start, 0, -chunk)][::-1]
-    return before + [(lo, min(lo + chunk, q_len)) for lo in range(start, q_len, chunk)]
+    chunks = []
+    for lo, hi in before + [(lo, min(lo + chunk, q_len)) for lo in range(start, q_len, chunk)]:
+        if chunks and (hi - lo == 1 or chunks[-1][1] - chunks[-1][0] == 1):
+            chunks[-1] = (chunks[-1][0], hi)
+        else:
+            chunks.append((lo, hi))
+    return chunks
 
 
 def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk: int = 512, score_dtype=None):
@@ -159,13 +174,13 @@ def window_prefill(query, key, value, mask, scaling, window: int, score_dtype=No
     """
     heads, q_len, d = query.shape[1:]
     kv_heads, kv_len = key.shape[1], key.shape[2]
-    start = max(q_len - window, 0)
+    start = max(q_len - max(window, 2), 0)  # two rows at least: one would take a matrix-vector kernel (see _row_chunks)
     rows = q_len - start
     q = query[0, :, start:].reshape(kv_heads, heads // kv_heads * rows, d)  # grouped heads share one key read
     logits = scaled_logits(q, key[0].transpose(1, 2), scaling).view(heads, rows, kv_len)
     logits.masked_fill_(~_allowed(mask, q_len, kv_len, query.device, start, q_len)[0], torch.finfo(logits.dtype).min)
     _, scored = probabilities(logits, query.dtype, score_dtype)
-    return model_prefill(query, key, value, mask, scaling), scored.sum(dim=1)
+    return model_prefill(query, key, value, mask, scaling), scored[:, max(rows - window, 0):].sum(dim=1)
 
 
 def model_prefill(query, key, value, mask, scaling):
@@ -184,8 +199,29 @@ def model_prefill(query, key, value, mask, scaling):
     return out.transpose(1, 2)
 
 
-def decode_step(query, key, value, attended: torch.Tensor | None, scaling, score_dtype=None):
-    """Attention of one new query per row; ``attended`` (B, kv_heads, C) bool masks the other slots.
+class DecodeOperands(NamedTuple):
+    """A decode step's cache as one row of C slots per batch row and KV head, the shapes of one ``bmm``.
+
+    keys_t (B * kv_heads, d, C), values (B * kv_heads, C, dv), attended (B * kv_heads, 1, C) bool or None
+    (every slot). Views: over a cache whose tensors change in place (the evict backend's), made once.
+    """
+
+    keys_t: torch.Tensor
+    values: torch.Tensor
+    attended: torch.Tensor | None
+    kv_heads: int
+
+    @classmethod
+    def of(cls, key, value, attended: torch.Tensor | None = None) -> "DecodeOperands":
+        """From key (B, kv_heads, C, d), value (B, kv_heads, C, dv) and attended (B, kv_heads, C) or None."""
+        batch, kv_heads, slots, d = key.shape
+        rows = batch * kv_heads  # reshape: a view, or a copy where a model's cache is not contiguous (MLA)
+        return cls(key.reshape(rows, slots, d).transpose(1, 2), value.reshape(rows, slots, value.shape[3]),
+                   None if attended is None else attended.reshape(rows, 1, slots), kv_heads)
+
+
+def decode_step(query, cache: DecodeOperands, scaling, score_dtype=None):
+    """Attention of one new query per row over the slots ``cache.attended`` says.
 
     Masked logits get the dtype's minimum before the softmax, so their
     probability is exactly 0 (the paper's ``w*m + (1-m)*min``). The query
@@ -195,14 +231,13 @@ def decode_step(query, key, value, attended: torch.Tensor | None, scaling, score
     in ``score_dtype`` (default: the model dtype).
     """
     batch, heads, d = query.shape[0], query.shape[1], query.shape[3]
-    kv_heads = key.shape[1]
-    q = query.view(batch, kv_heads, heads // kv_heads, d)  # (B, kv_heads, group, d)
-    logits = scaled_logits(q, key.transpose(2, 3), scaling)  # (B, kv_heads, group, C)
-    if attended is not None:
-        logits = logits.masked_fill(~attended[:, :, None, :], torch.finfo(logits.dtype).min)
+    group, slots, dv = heads // cache.kv_heads, cache.keys_t.shape[2], cache.values.shape[2]
+    logits = torch.bmm(query.reshape(-1, group, d), cache.keys_t) / (1 / scaling)  # divided as scaled_logits divides
+    if cache.attended is not None:
+        logits = logits.masked_fill(~cache.attended, torch.finfo(logits.dtype).min)
     probs, scored = probabilities(logits, query.dtype, score_dtype)
-    out = torch.matmul(probs, value)  # (B, kv_heads, group, dv)
-    return out.view(batch, 1, heads, value.shape[3]), scored
+    out = torch.bmm(probs, cache.values)  # (B * kv_heads, group, dv)
+    return out.view(batch, 1, heads, dv), scored.view(batch, cache.kv_heads, group, slots)
 
 
 def model_decode_step(query, key, value, mask: torch.Tensor | None, scaling):

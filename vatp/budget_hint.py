@@ -2,7 +2,8 @@
 
 A method's :meth:`~vatp.methods.base.Method.budget` may give a negative heavy
 budget (Scissorhands at a small ratio: the paper's code crashes in ``topk``),
-no room for the sinks, or a recent window larger than the whole budget.
+no room for the sinks, a recent window larger than the whole budget, or no
+token at all (TOVA or KNorm when ``int(ratio * L) == 0``).
 :func:`checked_budget` refuses those with a :class:`BudgetError` that names
 the fix, found by :func:`min_ratio` from the method's own budget, with no
 formula of the method's own.
@@ -40,6 +41,9 @@ def checked_budget(method, prompt_len: int, ratio: float, sink_len: int = 0, sin
     if fault == "negative":
         raise BudgetError(f"{method.name}: heavy_ratio {ratio} gives a negative heavy budget ({budget.heavy}) "
                           f"for {prompt} (the paper's code crashes here); {fix}")
+    if fault == "empty":
+        raise BudgetError(f"{method.name}: heavy_ratio {ratio} keeps no token of {prompt} "
+                          f"(int(heavy_ratio * {prompt_len}) = {int(ratio * prompt_len)}); {fix}")
     if fault == "whole":
         lower = "" if smallest is None else "lower sink_len or "
         raise BudgetError(f"{method.name}: sink_len {sink_len} exceeds the whole budget ({budget.total}) for "
@@ -79,6 +83,8 @@ def _fault(budget: Budget, sink_len: int, sinks: bool) -> str | None:
         return "negative"
     if sinks and sink_len > budget.heavy and not budget.keeps_all:
         return "sinks"
+    if budget.total == 0 and not budget.keeps_all:
+        return "empty"
     return None
 
 

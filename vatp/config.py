@@ -1,12 +1,14 @@
 """VatpConfig: the settings of one pruning run, validated on construction."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
+from . import adakv
 from .methods import Method, ValueAware, get_method
-from .names import BACKENDS, COMPILE_MODES, METHODS, SCORE_DTYPES, SCORINGS, check_choice, paper_method
+from .names import BACKENDS, COMPILE_MODES, METHODS, SCORE_DTYPES, SCORINGS, check_choice
 
 
 @dataclass(frozen=True)
@@ -18,10 +20,13 @@ class VatpConfig:
     method: a name in :data:`vatp.names.METHODS` ("h2o" or "scissorhands", which the
         paper's ``--h2o`` flag picks between, "streaming", "snapkv", "tova", "knorm",
         "criticalkv", "pyramidkv"), or a :class:`~vatp.methods.Method` of your own.
-    apval: VATP: weight the method's scores by value L1 norms and protect the sinks.
+    apval: VATP: weight the method's scores by value L1 norms and protect the sinks
+        (for methods whose scores are attention; others refuse it).
     adakv: AdaKV's head-adaptive budgets: each layer's heavy budget is spread over
-        its KV heads by score, the same total (:mod:`vatp.adakv`).
-    sink_len: leading tokens always kept (with apval, as in the paper, and streaming).
+        its KV heads by score, the same total (:mod:`vatp.adakv`; for methods whose
+        scores are attention, which compare across heads; others refuse it).
+    sink_len: leading tokens always kept (with apval, as in the paper, and streaming;
+        other methods ignore it, as the paper's code does without ``--apval``).
     backend: "mask" (faithful: pruned tokens masked, cache keeps them) or
         "evict" (pruned tokens removed from the cache; same outputs).
     scoring: "eager" (L x L probabilities, the paper's way), "chunked"
@@ -73,12 +78,9 @@ class VatpConfig:
             check_choice("compile mode", self.compile, COMPILE_MODES)
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-
-    @classmethod
-    def from_paper_flags(cls, heavy_ratio: float, h2o: bool, apval: bool, sink_len: int | None, **extra):
-        """Build from ``pred.py``'s flags: ``--h2o`` picks H2O, otherwise Scissorhands."""
-        return cls(heavy_ratio=heavy_ratio, method=paper_method(h2o),
-                   apval=apval, sink_len=sink_len or 0, **extra)
+        scorer = self.scorer  # VATP refuses a method whose scores are not attention
+        if self.adakv:
+            adakv.check_applies(scorer)
 
     @property
     def resolved_scoring(self) -> str:
@@ -86,14 +88,19 @@ class VatpConfig:
 
     def budget(self, prompt_len: int):
         """The :class:`~vatp.policy.Budget` for a prompt of this length, or a BudgetError that says how to fix it."""
-        return self.scorer.checked_budget(prompt_len, self.heavy_ratio, self.sink_len)
+        return self.scorer.checked_budget(prompt_len, self.heavy_ratio, self.sinks)
 
-    @property
+    @cached_property
     def scorer(self) -> Method:
         """The method that scores tokens: ``method``, wrapped by VATP's value weighting if ``apval``."""
         if isinstance(self.method, Method):
             return ValueAware(self.method) if self.apval else self.method
         return get_method(self.method, self.apval)
+
+    @property
+    def sinks(self) -> int:
+        """The leading tokens always kept: ``sink_len`` where the method protects sinks (VATP, StreamingLLM), else 0."""
+        return self.sink_len if self.scorer.protects_sinks else 0
 
     def score_dtype_name(self, model_dtype: torch.dtype) -> str:
         """``score_dtype`` for a model of ``model_dtype``: "model", or "float32" (the default for bfloat16)."""
@@ -102,6 +109,3 @@ class VatpConfig:
     def resolved_score_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         """The dtype scores are computed and accumulated in, for a model of ``model_dtype``."""
         return model_dtype if self.score_dtype_name(model_dtype) == "model" else torch.float32
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}

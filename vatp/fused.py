@@ -1,8 +1,9 @@
 """Fused prefill scoring: a Triton kernel for the attention each key receives.
 
 The chunked torch version (:func:`vatp.attention_math.chunked_prefill`)
-writes every probability tile to memory; on a GPU that costs ~20x the
-attention itself (``../shared/PERF_NOTES.md``). Here one Triton program owns
+writes every probability tile to memory, which on a GPU costs many times
+the attention itself (a tile of heads x chunk x L written and read back per
+chunk, where flash attention keeps its tiles on chip). Here one Triton program owns
 a block of keys, loops over the query blocks that can see it, and sums
 ``exp(q.k * scale - lse(row))`` in registers, where ``lse`` is each query
 row's log-sum-exp returned by SDPA's own kernel alongside the output. Extra

@@ -43,10 +43,17 @@ def vatp_attention_forward(module, query, key, value, attention_mask, scaling=No
     return out.contiguous(), None
 
 
-# The mask function decides what `attention_mask` the model hands us: SDPA's
-# boolean mask, or None for a plain causal prompt (so no L x L mask is built).
+def vatp_mask(*args, q_offset=0, **kwargs):
+    """The mask the model hands vatp: SDPA's boolean mask at a prompt, or None for a plain causal one (so no
+    L x L mask is built); none at all at a decode step (a cache that holds tokens), where vatp attends the
+    slots its state says and would throw the mask away."""
+    if q_offset:
+        return None
+    return sdpa_mask(*args, q_offset=q_offset, **kwargs)
+
+
 AttentionInterface.register(ATTN_NAME, vatp_attention_forward)
-AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+AttentionMaskInterface.register(ATTN_NAME, vatp_mask)
 
 
 def _attention_modules(model):
@@ -60,7 +67,7 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
     paper's flag. Enabling an enabled model replaces its settings.
     """
     if "h2o" in settings:
-        settings["method"] = paper_method(settings.pop("h2o"))
+        settings["method"] = _paper_method(settings.pop("h2o"), settings.get("method"))
     config = replace(config or VatpConfig(), **settings)
     modules = _attention_modules(model)
     if not modules:
@@ -120,6 +127,15 @@ def enabled(model, config: VatpConfig | None = None, **settings):
         disable(model)
 
 
+def _paper_method(h2o, method) -> str:
+    """The method the paper's flag ``h2o`` picks; refused beside ``method``, as pred.py refuses ``--h2o --method``."""
+    if not isinstance(h2o, bool):
+        raise ValueError(f"h2o must be a bool (True: H2O, False: the paper's Scissorhands), got {h2o!r}")
+    if method is not None:
+        raise ValueError(f"h2o={h2o} picks {paper_method(h2o)} but method={method!r} says otherwise; give one of them")
+    return paper_method(h2o)
+
+
 def _warn_no_attentions() -> None:
     warnings.warn("output_attentions is set, but vatp returns no attention weights (outputs.attentions stays "
                   "empty); to read them, run the model without vatp (vatp.disable) with eager attention", stacklevel=3)
@@ -132,9 +148,10 @@ def _before_forward(session: VatpSession, decoder, layers: list[int]):
     without a cache, a cache other than a DynamicCache, beam search and assisted decoding (the
     sample's cache gets a ``reorder_cache`` and a ``crop`` that refuse); if the caller passed no
     cache, one is made (the model would make its own, out of our reach), and the session starts
-    the sample with each row's padding and that cache. A decode step does nothing here but, for
-    the evict backend without explicit positions, supply the true ones (the model would derive
-    them from the shrunken cache; ``generate`` passes them, from the attention mask).
+    the sample with each row's padding and that cache. A decode step must continue that cache
+    (not one filled with vatp off, nor a copy); for the evict backend without explicit positions,
+    it supplies the true ones (the model would derive them from the shrunken cache; ``generate``
+    passes them, from the attention mask).
     """
     def hook(module, args, kwargs):
         inputs = kwargs.get("input_ids", args[0] if args else None)
@@ -155,6 +172,7 @@ def _before_forward(session: VatpSession, decoder, layers: list[int]):
             cache.reorder_cache, cache.crop = refusals.refuse_reordering, refusals.refuse_cropping
             session.start_sample(refusals.left_padding(kwargs.get("attention_mask")) or [0] * inputs.shape[0], cache)
             return args, kwargs
+        refusals.check_own_cache(cache is session.cache)
         if session.config.backend == "evict" and kwargs.get("position_ids") is None:
             kwargs["position_ids"] = session.next_positions(inputs.shape[1])
         return args, kwargs

@@ -20,7 +20,7 @@ METHODS = {
 # The paper's modifier, applicable to any method: it weights scores by value L1 norms.
 VALUE_AWARE = "VATP"
 BACKENDS = ("mask", "evict")  # how a keep decision is applied (vatp.backends)
-SCORINGS = ("eager", "chunked", "window", "fused")  # how the prompt's attention is scored (vatp.scoring, vatp.fused)
+SCORINGS = ("eager", "chunked", "window", "fused")  # how the prompt's attention is scored (vatp.attention_math, vatp.fused)
 SCORE_DTYPES = ("model", "float32")  # the arithmetic of the scores
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile modes of the decode step
 DTYPE_NAMES = ("bfloat16", "float16", "float32")  # model dtypes

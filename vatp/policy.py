@@ -63,12 +63,14 @@ class Limits:
     def of(cls, budgets: list[Budget], device, sinks: int = 0, heavy: torch.Tensor | None = None) -> "Limits":
         """From each row's budget; ``heavy`` (B, kv_heads, 1) overrides the rows' heavy budgets per head."""
         recent = torch.tensor([b.recent for b in budgets], device=device).view(-1, 1, 1)
-        if heavy is None:
+        if heavy is None:  # the widest ranked budget is known on the host
+            ranked_max = max([b.heavy - sinks for b in budgets] + [0])
             heavy = torch.tensor([b.heavy for b in budgets], device=device).view(-1, 1, 1)
+        else:  # per-head budgets (AdaKV): one host sync
+            ranked_max = max(int(heavy.max()) - sinks, 0) if heavy.numel() else 0
         never = torch.iinfo(torch.int64).max
         keeps_all = torch.tensor([b.keeps_all for b in budgets], device=device).view(-1, 1, 1)
         prune_above = torch.where(keeps_all, never, heavy + recent)
-        ranked_max = max(int(heavy.max()) - sinks, 0) if heavy.numel() else 0
         ranked = torch.arange(ranked_max, device=device) < heavy - sinks
         return cls(heavy=heavy, recent=recent, prune_above=prune_above, sinks=sinks, ranked=ranked)
 
@@ -159,6 +161,32 @@ def keep_slots(scores: torch.Tensor, positions: torch.Tensor, attended: torch.Te
     best = ranked.topk(chosen.shape[-1], dim=-1).indices  # (B, H, heavy_max), best first
     heavy = torch.zeros_like(attended).scatter_(-1, best, chosen.expand_as(best))
     return attended & (recent | heavy)
+
+
+def step_victim(scores: torch.Tensor, positions: torch.Tensor, attended: torch.Tensor, cached: torch.Tensor,
+                limits: Limits) -> tuple[torch.Tensor, torch.Tensor]:
+    """After a decode step, the one slot per row and KV head that leaves: :func:`keep_slots`'s decision in O(C).
+
+    Same arguments; returns ``victim`` (B, H, 1) int64, a slot, and ``leaves`` (B, H | 1, 1) bool, whether it
+    leaves (the rows that prune; the others keep every attended slot, and their ``victim`` means nothing).
+    After the prompt's decision a pruning row attends its ``heavy + recent`` kept tokens plus the new one, so
+    exactly one of its older (neither recent nor sink) attended slots is past the heavy budget: the lowest
+    score, equal scores to the *newer* token (the older one wins the place, as in :func:`rank_key`).
+    """
+    leaves = cached > limits.prune_above
+    protected = positions >= cached - limits.recent
+    if limits.sinks:
+        protected = protected | (positions < limits.sinks)
+    older = attended > protected  # attended and neither recent nor a sink
+    lowest = torch.where(older, scores, float("inf")).amin(dim=-1, keepdim=True)  # (B, H, 1)
+    # Among the slots at the lowest score the newest leaves: the largest position.
+    victim = torch.where(older & (scores == lowest), positions, NO_POSITION).argmax(dim=-1, keepdim=True)
+    return victim, leaves
+
+
+def leaving(attended: torch.Tensor, victim: torch.Tensor, leaves: torch.Tensor) -> torch.Tensor:
+    """(B, H, C) bool: the slot that leaves in each row and KV head that prunes, from :func:`step_victim`."""
+    return torch.zeros_like(attended).scatter_(-1, victim, leaves.expand_as(victim))
 
 
 def drop_pruned(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

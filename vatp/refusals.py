@@ -162,6 +162,15 @@ def check_every_layer(attended: set[int], layers: list[int]) -> None:
             "or a config that pins another implementation); use a Llama-family model whose layers all use it")
 
 
+def check_own_cache(own: bool) -> None:
+    """A forward on a non-empty cache must continue the cache of vatp's current sample (``own``)."""
+    if not own:
+        raise UnsupportedError(
+            "this cache holds tokens, but not the ones vatp pruned in its current sample (it was filled with vatp "
+            "off, by an earlier sample, or is a copy, as when a prompt's cache is reused with a deepcopy), so "
+            "vatp's state does not describe it; pass a fresh cache (or none) with the whole prompt")
+
+
 def check_decode_step(new_tokens: int, cached: int, known: bool) -> None:
     """A forward on a pruned cache must bring one token, on a cache vatp filled itself (``known``)."""
     if new_tokens != 1 or not known:

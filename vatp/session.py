@@ -34,6 +34,9 @@ class VatpSession:
         self.cache = None  # the KV cache of the sample (the evict backend compacts it)
         self.attended: set[int] = set()  # layers attended in the prompt's forward
         self._row_masks = None  # (the prompt's mask, each row's own mask): worked out once per mask
+        self._cached = None  # (B, 1, 1) the tokens each row has seen, shared by every layer's state
+        self._limits: dict[tuple, policy.Limits] = {}  # each row's budgets -> their tensors, once per prompt
+        self._budgets: dict[int, policy.Budget] = {}  # prompt length -> its checked budget (the settings are fixed)
         scorings = {"eager": lambda: attention_math.eager_prefill, "chunked": lambda: self._chunked_prefill,
                     "window": lambda: self._window_prefill, "fused": _load_fused_prefill}
         self._prefill = scorings[config.resolved_scoring]()
@@ -43,7 +46,8 @@ class VatpSession:
 
     def start_sample(self, pads: list[int], cache) -> None:
         """A new prompt (the decoder's pre-hook calls this on an empty cache): forget the last sample."""
-        self.layers, self.pads, self.cache, self._row_masks = {}, pads, cache, None
+        self.layers, self.pads, self.cache, self._row_masks, self._limits = {}, pads, cache, None, {}
+        self._cached = None
         self.attended.clear()
 
     def reset(self) -> None:
@@ -52,7 +56,10 @@ class VatpSession:
 
     def budget(self, prompt_len: int) -> policy.Budget:
         """The budget for a prompt of this length; raises BudgetError with a fix if there is none."""
-        return self.method.checked_budget(prompt_len, self.config.heavy_ratio, self.config.sink_len)
+        if prompt_len not in self._budgets:  # checked once per length, not per layer and row
+            self._budgets[prompt_len] = self.method.checked_budget(prompt_len, self.config.heavy_ratio,
+                                                                   self.config.sinks)
+        return self._budgets[prompt_len]
 
     def next_positions(self, new_tokens: int) -> torch.Tensor:
         """(1, new_tokens) the positions the next tokens take, as the model counts them with a full cache."""
@@ -76,8 +83,10 @@ class VatpSession:
             return self._attend_prompt(layer_idx, module, query, key, value, mask, scaling)
         state = self.layers.get(layer_idx)
         refusals.check_decode_step(q_len, kv_len, state is not None and state.cached.shape[0] == query.shape[0])
-        if window is not None:  # windowed models only: one host sync per step
-            refusals.check_window(layer_idx, window, int(state.cached.max()) + 1)
+        if layer_idx == next(iter(self.layers)):  # once per step, for every layer: the layers share ``cached``
+            state.cached += 1  # the tokens each row has seen, the incoming one included
+        if window is not None:  # windowed models only: one host sync per layer and step
+            refusals.check_window(layer_idx, window, int(state.cached.max()))
         if state.scores is None:  # a method that prunes only the prompt
             return self._decode_kept(state, query, key, value, scaling)
         return self._decode(state, query, key, value, scaling)
@@ -95,15 +104,15 @@ class VatpSession:
             norms = policy.value_l1_norm(self.backend.incoming_values(state, value).to(state.scores.dtype))
         self.backend.open_slot(state, norms)
         step = None
-        if method.uses_attention:
-            out, probs = attention_math.decode_step(query, key, value, state.attended, scaling, state.scores.dtype)
+        if method.scores.is_attention:
+            cache = self.backend.operands(state, key, value)
+            out, probs = attention_math.decode_step(query, cache, scaling, state.scores.dtype)
             step = probs[:, :, 0] if probs.shape[2] == 1 else probs.mean(dim=2)  # (B, kv_heads, C): GQA group mean
         else:
             out = attention_math.model_decode_step(query, key, value, state.attended[:, :, None, :], scaling)
         scores = method.step_scores(state.scores, step, state.norms)
-        state.cached += 1
-        keep = policy.keep_slots(scores, state.positions, state.attended, state.cached, state.limits)
-        self.backend.close_step(state, scores, keep)
+        victim, leaves = policy.step_victim(scores, state.positions, state.attended, state.cached, state.limits)
+        self.backend.close_step(state, scores, victim, leaves)
         return out
 
     def _attend_prompt(self, layer_idx, module, query, key, value, mask, scaling):
@@ -112,6 +121,7 @@ class VatpSession:
         pads = self.pads if len(self.pads) == batch else [0] * batch  # none when called without the pre-hook
         score_dtype = self.config.resolved_score_dtype(query.dtype)
         budgets = [self._budget(layer_idx, width - pad) for pad in pads]
+        limits = self._limits_of(budgets, key.device)
         masks = [None] * batch if mask is None else self._own_masks(mask, pads)
         scores = query.new_full((batch, kv_heads, width), float("-inf"), dtype=score_dtype)
         norms = scores.new_zeros(scores.shape) if self.method.uses_values else None
@@ -126,13 +136,13 @@ class VatpSession:
                                                      masks[b], scaling, scores, norms, budgets[b])
         pad = torch.tensor(pads, device=key.device).view(-1, 1, 1)
         positions = (torch.arange(width, device=key.device) - pad).clamp_(min=policy.NO_POSITION)  # (B, 1, W)
-        cached = width - pad
+        if not self.layers:  # every layer shares one count of the tokens each row has seen
+            self._cached = width - pad
+        cached = self._cached
         attended = (positions >= 0).expand(batch, kv_heads, width)
-        sinks = self.config.sink_len if self.method.protects_sinks else 0
-        limits = policy.Limits.of(budgets, key.device, sinks)
         if self.config.adakv:
             heavy = adakv.head_budgets(scores, positions, attended, cached, limits)
-            limits = policy.Limits.of(budgets, key.device, sinks, heavy=heavy)
+            limits = policy.Limits.of(budgets, key.device, self.config.sinks, heavy=heavy)
         keep = policy.keep_slots(scores, positions, attended, cached, limits)
         slots = Slots(policy.drop_pruned(scores, keep), norms, positions, attended, cached, budgets, limits)
         self.layers[layer_idx] = self.backend.after_prompt(layer_idx, slots, keep, self.cache, self.method)
@@ -142,21 +152,28 @@ class VatpSession:
         """One row's prompt: query (1, heads, L, d) -> output (1, L, heads, dv); writes the row's scores (and norms)
         into ``scores[row]`` (``norms[row]``), whose last L slots are its tokens."""
         score_dtype = scores.dtype
-        if self.method.uses_attention:
+        if self.method.scores.is_attention:
             out, attention = self._prefill(query, key, value, mask, scaling, self.method.window, score_dtype)
         else:
             out, attention = attention_math.model_prefill(query, key, value, mask, scaling), None
-        prompt = Prompt(query, key, value, module, layer_idx, attention, self.config.sink_len, score_dtype, budget)
+        prompt = Prompt(query, key, value, module, layer_idx, attention, self.config.sinks, score_dtype, budget)
         length = key.shape[2]
         scores[row, :, -length:] = self.method.prompt_scores(prompt)
         if norms is not None:
             norms[row, :, -length:] = prompt.value_norms
         return out
 
+    def _limits_of(self, budgets: list[policy.Budget], device) -> policy.Limits:
+        """The rows' budgets as tensors, made once per prompt (per layer only where the budgets differ by layer)."""
+        key = tuple(budgets)
+        if key not in self._limits:
+            self._limits[key] = policy.Limits.of(budgets, device, self.config.sinks)
+        return self._limits[key]
+
     def _budget(self, layer_idx: int, prompt_len: int) -> policy.Budget:
         """The row's budget at this layer, once its budget is known to work (else a BudgetError)."""
         self.budget(prompt_len)
-        budget = self.method.layer_budget(prompt_len, self.config.heavy_ratio, self.config.sink_len, layer_idx,
+        budget = self.method.layer_budget(prompt_len, self.config.heavy_ratio, self.config.sinks, layer_idx,
                                           self.num_layers)
         if budget.keeps_all and layer_idx == 0:
             warnings.warn(f"heavy_ratio {self.config.heavy_ratio} gives a recent budget of 0 for a "

@@ -1,8 +1,9 @@
 """How a keep decision is applied: masked (the paper's way) or evicted (memory freed).
 
 Both keep a layer's state in cache coordinates (:class:`~.slots.Slots`) and
-receive the same decisions from :func:`vatp.policy.keep_slots`; they differ
-only in where the next token's slot is. The session calls a backend's hooks
+receive the same decisions from :mod:`vatp.policy` (the prompt's keep mask,
+then at each decode step the slot that leaves); they differ only in where the
+next token's slot is. The session calls a backend's hooks
 in the order of :class:`Backend`.
 """
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Protocol
 
 import torch
 
-from .evict import EvictBackend, EvictState, SlotLayer
-from .mask import MaskBackend, MaskState
+from ..attention_math import DecodeOperands
+from .evict import EvictBackend, EvictState, FlatPrefixLayer, FlatSlotLayer, SlotLayer, held_bytes
+from .mask import MaskBackend
 from .slots import Slots
 
 
@@ -28,11 +30,14 @@ class Backend(Protocol):
     Then at every decode step, after the cache took the new token:
 
     2. ``incoming_values(state, value) -> (B, kv_heads, 1, dv)``: the new token's
-       values (asked only by methods that use value norms);
-    3. ``open_slot(state, norms)``: give the new token its slot: attended, score 0,
-       its position (``state.cached``) and value norms (None: not kept);
-    4. ``close_step(state, scores, keep)``: store the step's scores and decision,
-       and say where the next token goes.
+       values (asked only by methods that use value norms); ``operands(state, key,
+       value) -> DecodeOperands``: the cache as the step attends it (methods that
+       score attention);
+    3. ``open_slot(state, norms)``: the new token has its slot: attended, score 0,
+       its position (``state.cached - 1``) and value norms (None: not kept);
+    4. ``close_step(state, scores, victim, leaves)``: store the step's scores and
+       its decision (:func:`vatp.policy.step_victim`: per row and KV head, the slot
+       that leaves where ``leaves``), and say where the next token goes.
     """
 
     name: str
@@ -41,11 +46,14 @@ class Backend(Protocol):
 
     def incoming_values(self, state: Slots, value: torch.Tensor) -> torch.Tensor: ...
 
+    def operands(self, state: Slots, key: torch.Tensor, value: torch.Tensor) -> DecodeOperands: ...
+
     def open_slot(self, state: Slots, norms: torch.Tensor | None) -> None: ...
 
-    def close_step(self, state: Slots, scores: torch.Tensor, keep: torch.Tensor) -> None: ...
+    def close_step(self, state: Slots, scores: torch.Tensor, victim: torch.Tensor, leaves: torch.Tensor) -> None: ...
 
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (MaskBackend, EvictBackend)}
 
-__all__ = ["BACKENDS", "Backend", "EvictBackend", "EvictState", "MaskBackend", "MaskState", "SlotLayer", "Slots"]
+__all__ = ["BACKENDS", "Backend", "EvictBackend", "EvictState", "FlatPrefixLayer", "FlatSlotLayer", "MaskBackend", "SlotLayer",
+           "Slots", "held_bytes"]

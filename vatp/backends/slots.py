@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..policy import Budget, Limits
+from ..policy import Budget, Limits, leaving
 
 
 @dataclass
@@ -31,8 +31,8 @@ class Slots:
 
     layer: the cache layer that holds these slots' keys and values (None without a cache).
 
-    A method that prunes only the prompt keeps none of this up to date while decoding: its
-    ``attended``, ``positions`` and ``cached`` stay the prompt's (the tokens appended since, all
+    A method that prunes only the prompt keeps only ``cached`` and ``bias`` up to date while
+    decoding: its ``attended`` and ``positions`` stay the prompt's (the tokens appended since, all
     kept, are :attr:`decoded`), and ``bias`` (B, kv_heads, 1, C), 0 or -inf in the model dtype,
     is the mask its decode steps hand the model's own attention (None: every slot).
     """
@@ -52,7 +52,7 @@ class Slots:
         """Tokens appended since the prompt by a method that prunes only the prompt (it does not track them)."""
         if self.scores is not None or self.layer is None:
             return 0
-        return self.layer.keys.shape[-2] - self.positions.shape[-1]
+        return self.layer.get_seq_length() - self.positions.shape[-1]
 
     def stop_scoring(self, dtype: torch.dtype) -> None:
         """After the prompt's decision of a method that prunes only the prompt: drop what only scoring needs,
@@ -93,14 +93,13 @@ class Slots:
         if kept and self.attended is not None:
             held = held & self.attended[row]
         if self.decoded:  # tokens appended since the prompt by a method that prunes only the prompt: all kept
-            new = torch.arange(cached, cached + self.decoded, device=positions.device).expand(heads, -1)
+            new = torch.arange(cached - self.decoded, cached, device=positions.device).expand(heads, -1)
             positions, held = torch.cat([positions, new], dim=1), torch.cat([held, torch.ones_like(new, dtype=bool)], 1)
-            cached += self.decoded
         return torch.where(held, positions, cached + 1), cached
 
 
 def append_slot(state: Slots, new_norms: torch.Tensor | None) -> None:
-    """Give the incoming token a new slot at the end: attended, score 0, its position (``cached``) and value norm.
+    """Give the incoming token a new slot at the end: attended, score 0, its position (``cached - 1``) and value norm.
 
     new_norms (B, kv_heads, 1) or None. A method that decides nothing while decoding only widens its
     attention mask (and not even that where every slot is attended).
@@ -111,6 +110,14 @@ def append_slot(state: Slots, new_norms: torch.Tensor | None) -> None:
         return
     state.attended = F.pad(state.attended, (0, 1), value=True)
     state.scores = F.pad(state.scores, (0, 1))
-    state.positions = torch.cat([state.positions, state.cached.expand(-1, state.positions.shape[1], 1)], dim=-1)
+    state.positions = torch.cat([state.positions, state.cached.expand(-1, state.positions.shape[1], 1) - 1], dim=-1)
     if new_norms is not None:
         state.norms = torch.cat([state.norms, new_norms], dim=-1)
+
+
+def drop(state: Slots, scores: torch.Tensor, victim: torch.Tensor, leaves: torch.Tensor) -> None:
+    """A decode step's decision where slots stay in place (the mask backend, a growing cache): the slot that
+    leaves (:func:`vatp.policy.step_victim`) is no longer attended and scores -inf, never to be ranked again."""
+    gone = leaving(state.attended, victim, leaves)
+    state.attended = state.attended > gone
+    state.scores = scores.masked_fill(gone, float("-inf"))

@@ -8,15 +8,25 @@ from importlib import import_module
 
 from ..budget_hint import BudgetError
 from ..names import METHODS, check_choice
-from .base import Method, Prompt
+from .base import Method, Prompt, Scores
 from .value_aware import ValueAware
 
 
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name``: its file's ``METHOD``."""
+    return import_module(f".{check_choice('method', name, METHODS)}", __name__).METHOD
+
+
 def get_method(name: str, apval: bool = False, **params) -> Method:
-    """The method registered as ``name`` (its file's ``METHOD`` class) with ``params`` as its fields, and
-    VATP's value weighting if ``apval``."""
-    method = import_module(f".{check_choice('method', name, METHODS)}", __name__).METHOD(**params)
+    """The method registered as ``name`` with ``params`` as its fields, and VATP's value weighting if ``apval``."""
+    method = method_class(name)(**params)
     return ValueAware(method) if apval else method
 
 
-__all__ = ["BudgetError", "Method", "Prompt", "ValueAware", "get_method"]
+def attention_methods() -> list[str]:
+    """The registered methods whose scores are attention: those VATP and AdaKV apply to."""
+    return [name for name in METHODS if method_class(name).scores.is_attention]
+
+
+__all__ = ["BudgetError", "Method", "Prompt", "Scores", "ValueAware", "attention_methods", "get_method",
+           "method_class"]

@@ -10,6 +10,7 @@ The policy (``vatp/policy.py``) then keeps the best scores within
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from functools import cached_property
 from typing import ClassVar
 
@@ -18,6 +19,36 @@ import torch
 from .. import budget_hint
 from ..names import method_label
 from ..policy import Budget, accumulate, group_to_kv_heads, value_l1_norm
+
+
+class Scores(Enum):
+    """What a method's scores mean: the one declaration that the session, VATP, AdaKV and the policy read.
+
+    * ``ACCUMULATED``: attention (>= 0), summed over the prompt's queries and each decode step's (H2O,
+      Scissorhands);
+    * ``LATEST``: the newest query's attention (>= 0), replaced at every decode step (TOVA);
+    * ``PROMPT``: attention (>= 0) of the prompt's last queries, decided once; every new token is kept
+      (SnapKV, CriticalKV, PyramidKV);
+    * ``SIGNED``: not attention, of either sign, decided once at the prompt (KNorm's ``-||k||``);
+    * ``NONE``: no score at all; tokens are kept by position (StreamingLLM's sinks and recent window).
+    """
+
+    ACCUMULATED = "accumulated attention"
+    LATEST = "the newest query's attention"
+    PROMPT = "the prompt's attention"
+    SIGNED = "a signed score that is not attention"
+    NONE = "no score"
+
+    @property
+    def is_attention(self) -> bool:
+        """Attention probabilities: more means more important, a product with a value norm keeps that meaning
+        (VATP), and KV heads compare (each query's attention sums to 1 in every head: AdaKV)."""
+        return self in (Scores.ACCUMULATED, Scores.LATEST, Scores.PROMPT)
+
+    @property
+    def decides_while_decoding(self) -> bool:
+        """Whether every decode step decides again (else the prompt's decision stands and new tokens are kept)."""
+        return self in (Scores.ACCUMULATED, Scores.LATEST, Scores.NONE)
 
 
 @dataclass
@@ -58,22 +89,20 @@ class Method:
 
     Class settings, read by the session and the policy:
 
-    * ``uses_attention``: whether the scores read attention at all; where not
-      (StreamingLLM, KNorm) the model's own attention runs and none is scored;
+    * ``scores``: what the scores mean (:class:`Scores`). It says whether attention is
+      computed at all (where not, the model's own attention runs), whether decode steps
+      decide again (where not, they run the model's own attention over what is kept, with
+      no scoring), how :meth:`step_scores` updates them, and whether VATP and AdaKV apply;
     * ``window``: the last prompt queries whose attention :meth:`prompt_scores` needs
       (``None``: all of them);
-    * ``prunes_while_decoding``: False for a method that only compresses the prompt
-      (SnapKV): its decode steps run the model's own attention over what is kept,
-      with no scoring at all;
     * ``protects_sinks``: the first ``sink_len`` tokens are always kept (the budget
       must hold them);
     * ``uses_values``: the session keeps each token's value L1 norm for :meth:`step_scores`.
     """
 
     name: ClassVar[str] = ""
-    uses_attention: ClassVar[bool] = True
+    scores: ClassVar[Scores] = Scores.ACCUMULATED
     window: ClassVar[int | None] = None
-    prunes_while_decoding: ClassVar[bool] = True
     protects_sinks: ClassVar[bool] = False
     uses_values: ClassVar[bool] = False
 
@@ -90,10 +119,17 @@ class Method:
 
         ``scores``: the running scores (the incoming token's slot holds 0, pruned
         and unused slots -inf); ``step``: the new query's attention, the mean over
-        each GQA group (None where not ``uses_attention``); ``norms``: the value L1
+        each GQA group (None where the scores are not attention); ``norms``: the value L1
         norms where ``uses_values``. A slot holds different tokens in different KV
         heads (the evict backend reuses freed slots per head): never mix heads.
+
+        By default as :attr:`scores` says: accumulated attention adds the step's, the
+        newest query's replaces them, and no score stays none.
         """
+        if self.scores is Scores.LATEST:
+            return step
+        if self.scores is Scores.NONE:
+            return scores
         return accumulate(scores, step)
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:

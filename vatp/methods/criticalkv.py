@@ -4,8 +4,9 @@ Feng, Lv, Cao, Xie, Zhou, "Identify Critical KV Cache in LLM Inference from an
 Output Perturbation Perspective", 2025; kvpress's ``CriticalKVPress`` wrapped
 around SnapKV, the pairing that scored best of kvpress's presses on identical
 prompts. Two stages, over SnapKV's window scores ``s`` (this project's SnapKV,
-``snapkv.py``): the best ``first_stage`` share of the budget is kept by ``s``
-alone; the rest of the heavy budget goes to the best ``(s + epsilon) * ||W_o v||_1``,
+``snapkv.py``, the mean over the window's queries): the best ``first_stage``
+share of the budget is kept by ``s`` alone (equal scores to the older token);
+the rest of the heavy budget goes to the best ``(s + epsilon) * ||W_o v||_1``,
 where ``W_o v`` is the token's value projected through the query head's slice
 of the output matrix ``o_proj``, its L1 norm averaged over the heads of the
 GQA group. The prompt is compressed once; new tokens are all kept.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..policy import group_to_kv_heads
+from ..policy import group_to_kv_heads, rank_key
 from .base import Prompt
 from .snapkv import SnapKV
 
@@ -32,11 +33,14 @@ class CriticalKV(SnapKV):
     first_stage: float = 0.5  # of the budget, kept by the attention score alone (the window included)
 
     def prompt_scores(self, prompt: Prompt):
-        scores = super().prompt_scores(prompt)  # (kv_heads, L)
-        prefix = scores.shape[1] - self.window
-        first = min(max(int(self.first_stage * prompt.budget.total) - self.window, 0), max(prefix, 0))
-        chosen = scores[:, :prefix].topk(first, dim=-1).indices
-        scores = (scores + self.epsilon) * projected_value_norms(prompt).to(scores.dtype)
+        scores = super().prompt_scores(prompt)  # (kv_heads, L): attention summed over the window's queries
+        length = scores.shape[1]
+        prefix = max(length - self.window, 0)
+        first = min(max(int(self.first_stage * prompt.budget.total) - self.window, 0), prefix)
+        positions = torch.arange(prefix, device=scores.device)
+        chosen = rank_key(scores[:, :prefix], positions).topk(first, dim=-1).indices  # ties to the older token
+        # epsilon is added to the window's mean attention, as kvpress's CriticalKVPress adds it
+        scores = (scores / min(self.window, length) + self.epsilon) * projected_value_norms(prompt).to(scores.dtype)
         return scores.scatter_(-1, chosen, torch.finfo(scores.dtype).max)
 
 

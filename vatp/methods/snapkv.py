@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from ..policy import Budget, group_to_kv_heads
-from .base import Method, Prompt
+from .base import Method, Prompt, Scores
 
 
 @dataclass(frozen=True)
 class SnapKV(Method):
     name = "snapkv"
+    scores = Scores.PROMPT
     window = 32
-    prunes_while_decoding = False
     kernel: int = 7
 
     def prompt_scores(self, prompt: Prompt):

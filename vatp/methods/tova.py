@@ -16,16 +16,14 @@ are never mixed across heads).
 from dataclasses import dataclass
 
 from ..policy import Budget
-from .base import Method
+from .base import Method, Scores
 
 
 @dataclass(frozen=True)
 class TOVA(Method):
     name = "tova"
+    scores = Scores.LATEST  # the newest query's attention only
     window = 1  # the last prompt query
-
-    def step_scores(self, scores, step, norms):
-        return step  # the newest query's attention only
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         return Budget(heavy=2 * int(ratio * prompt_len), recent=0)

@@ -13,19 +13,37 @@ from dataclasses import dataclass
 
 from ..names import method_label
 from ..policy import Budget, protect_sinks
-from .base import Method, Prompt
+from ..refusals import UnsupportedError
+from .base import Method, Prompt, Scores
+
+# Why VATP refuses a method whose scores are not attention.
+NOT_WEIGHTED = {
+    Scores.SIGNED: "its scores are not attention but signed (KNorm's are minus key norms), so multiplying them by "
+                   "||v||_1 would rank the tokens with larger values *lower*, the opposite of VATP",
+    Scores.NONE: "it ranks no token by score (its sinks and recent window are kept by position), so the value "
+                 "weighting would change nothing; its sinks are sink_len already",
+}
 
 
 @dataclass(frozen=True)
 class ValueAware(Method):
-    """``inner``'s scores weighted by value L1 norms, with the sinks protected; ``inner``'s budget."""
+    """``inner``'s scores weighted by value L1 norms, with the sinks protected; ``inner``'s budget.
+
+    Only for attention scores (:attr:`Scores.is_attention`): there, more value means more importance.
+    """
 
     inner: Method
     protects_sinks = True
     uses_values = True
 
     def __post_init__(self):
-        for setting in ("name", "uses_attention", "window", "prunes_while_decoding"):
+        if not self.inner.scores.is_attention:
+            from . import attention_methods
+
+            raise UnsupportedError(f"VATP (apval) weights attention scores by value norms, and {self.inner.name}: "
+                                   f"{NOT_WEIGHTED[self.inner.scores]}; drop apval, or use a method that scores "
+                                   f"attention ({', '.join(attention_methods())})")
+        for setting in ("name", "scores", "window"):
             object.__setattr__(self, setting, getattr(self.inner, setting))
 
     @property
