@@ -110,3 +110,30 @@ def test_the_decode_step_makes_the_host_wait_nowhere(model, variant, backend):
     assert len(inner) == (STEPS - 1) * model.config.num_hidden_layers and set(inner) == {0}
     _, full = _counted_syncs(model)
     assert max(outer) <= min(full), (outer, full)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["mask", "evict"])
+@pytest.mark.parametrize("variant", [("h2o", True, False), ("tova", True, False), ("snapkv", True, True)],
+                         ids=variant_id)
+def test_on_a_gpu_the_decode_step_never_waits_for_the_device(variant, backend):
+    """torch.cuda.set_sync_debug_mode("error") raises at any synchronising call in vatp's decode steps."""
+    method, apval, adakv = variant
+    model = tiny_llama(num_heads=4, num_kv_heads=2, hidden=64).cuda()
+    ids, mask = (t.cuda() for t in _batch())
+
+    def strict(step):
+        def checked(*args):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return step(*args)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return checked
+
+    with vatp.enabled(model, method=method, apval=apval, adakv=adakv, heavy_ratio=0.35, sink_len=2,
+                      backend=backend) as session, torch.no_grad():
+        for name in DECODE_STEPS:
+            setattr(session, name, strict(getattr(session, name)))
+        model.generate(ids, attention_mask=mask, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False,
+                       pad_token_id=0)
