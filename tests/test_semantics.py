@@ -35,7 +35,7 @@ def _prompt_with_equal_attention(norms: torch.Tensor, budget: Budget) -> Prompt:
     module.o_proj = torch.nn.Linear(HEADS * DV, HEADS * DV, bias=False)
     with torch.no_grad():
         module.o_proj.weight.copy_(torch.diag(torch.tensor([1.0, 0.0] * HEADS)))
-    return Prompt(query=torch.ones(1, HEADS, LENGTH, DV), key=torch.ones(1, 1, LENGTH, DV), value=value,
+    return Prompt(key=torch.ones(1, 1, LENGTH, DV), value=value,
                   module=module, layer_idx=0, attention=torch.ones(HEADS, LENGTH), sink_len=SINKS,
                   score_dtype=torch.float32, budget=budget)
 

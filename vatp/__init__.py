@@ -2,7 +2,7 @@
 
     import vatp
     session = vatp.enable(model, heavy_ratio=0.25, h2o=True, apval=True, sink_len=20)
-    model.generate(...)
+    model.generate(...)                       # or model.generate_batch(...): pruned in continuous batching
     vatp.disable(model)
 
 The names below are imported on first use, so tools that need neither torch
@@ -13,6 +13,7 @@ from importlib import import_module
 _EXPORTS = {
     "VatpConfig": ".config", "METHODS": ".names", "BudgetError": ".budget_hint", "VatpSession": ".session",
     "enable": ".hook", "disable": ".hook", "enabled": ".hook", "session_of": ".hook",
+    "engine_config": ".engine.settings",
 }
 __all__ = sorted(_EXPORTS)
 

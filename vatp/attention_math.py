@@ -129,7 +129,8 @@ def _row_chunks(q_len: int, start: int, chunk: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk: int = 512, score_dtype=None):
+def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk: int = 512, score_dtype=None,
+                    accumulate: bool = False):
     """:func:`eager_prefill` computed in chunks of query rows: same contract, same arithmetic.
 
     Each chunk holds whole rows of logits, so its softmax, its rounding to the
@@ -137,7 +138,10 @@ def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk:
     added across chunks in float32. Only (heads, chunk, kv) is alive at a time,
     not the L x L matrix. Under a plain causal mask (``mask`` None) a chunk
     skips the keys after its last query, which get probability 0: half the
-    work of a prompt.
+    work of a prompt. The queries may be the last of the keys' (a prompt's
+    later part, whose earlier keys are cached). With ``accumulate`` the sums
+    stay in float32, to be added to those of the prompt's other parts and
+    rounded to ``score_dtype`` once.
     """
     heads, q_len, d = query.shape[1:]
     kv_heads, kv_len, dv = key.shape[1], key.shape[2], value.shape[3]
@@ -161,7 +165,7 @@ def chunked_prefill(query, key, value, mask, scaling, window: int | None, chunk:
             kv_heads, group, rows, dv)
         if hi > start:
             sums[:, :seen] += scored[:, max(start - lo, 0):].sum(dim=1, dtype=torch.float32)
-    return out.view(heads, q_len, dv).transpose(0, 1)[None], sums.to(score_dtype)
+    return out.view(heads, q_len, dv).transpose(0, 1)[None], sums if accumulate else sums.to(score_dtype)
 
 
 def window_prefill(query, key, value, mask, scaling, window: int, score_dtype=None):
@@ -186,11 +190,14 @@ def window_prefill(query, key, value, mask, scaling, window: int, score_dtype=No
 def model_prefill(query, key, value, mask, scaling):
     """The model's own attention (SDPA) of a prompt, nothing scored: the contract of :func:`eager_prefill`'s output.
 
-    query (1, heads, L, d), key (1, kv_heads, L, d), value (1, kv_heads, L, dv); ``mask`` None (causal) or
-    the row's own boolean (1, 1|heads, L, L) mask -> (1, L, heads, dv).
+    query (1, heads, q, d), key (1, kv_heads, L, d), value (1, kv_heads, L, dv), the queries the last q of the
+    keys' (q < L: a prompt's later part, whose earlier keys are cached); ``mask`` None (causal) or the row's own
+    boolean (1, 1|heads, q, L) mask -> (1, q, heads, dv).
     """
     group = query.shape[1] // key.shape[1]
     key, value = _repeat_kv(key, group), _repeat_kv(value, group)
+    if mask is None and query.shape[2] != key.shape[2]:  # SDPA's is_causal would align the queries to the first key
+        mask = _causal_allowed(query.shape[2], key.shape[2], query.device)[None, None]
     if mask is None:
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling)
     else:

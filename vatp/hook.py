@@ -15,7 +15,7 @@ from dataclasses import replace
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from . import refusals
+from . import engine, refusals
 from .config import VatpConfig
 from .names import paper_method
 from .session import VatpSession
@@ -92,7 +92,8 @@ def enable(model, config: VatpConfig | None = None, **settings) -> VatpSession:
     before, after = _before_forward(session, decoder, layers)
     hooks = [decoder.register_forward_pre_hook(before, with_kwargs=True),
              decoder.register_forward_hook(after, with_kwargs=True)]
-    setattr(model, _STATE_ATTR, (session, previous, hooks, modules))
+    detach_engine = engine.attach(model, session, len(modules))
+    setattr(model, _STATE_ATTR, (session, previous, hooks, modules, detach_engine))
     return session
 
 
@@ -101,7 +102,8 @@ def disable(model) -> None:
     state = getattr(model, _STATE_ATTR, None)
     if state is None:
         return
-    session, previous, hooks, modules = state
+    session, previous, hooks, modules, detach_engine = state
+    detach_engine()
     for hook in hooks:
         hook.remove()
     for module in modules:
@@ -154,6 +156,9 @@ def _before_forward(session: VatpSession, decoder, layers: list[int]):
     passes them, from the attention mask).
     """
     def hook(module, args, kwargs):
+        if kwargs.get("cu_seq_lens_q") is not None:  # a step of transformers' continuous batching (vatp/engine)
+            kwargs["position_ids"] = session.engine.position_ids(kwargs["position_ids"])
+            return args, kwargs
         inputs = kwargs.get("input_ids", args[0] if args else None)
         inputs = inputs if inputs is not None else kwargs.get("inputs_embeds")
         if inputs is None:

@@ -29,6 +29,7 @@ class VatpSession:
         self.num_layers = num_layers  # attention layers of the model (a method may spread its budget over them)
         self.method = config.scorer
         self.backend = BACKENDS[config.backend]()
+        self.engine = None  # the continuous-batching side (vatp.engine.Engine), set by vatp.enable
         self.layers: dict[int, Slots] = {}  # layer index -> its state, for the whole batch
         self.pads: list[int] = []  # per batch row: padding tokens before its prompt
         self.cache = None  # the KV cache of the sample (the evict backend compacts it)
@@ -156,7 +157,7 @@ class VatpSession:
             out, attention = self._prefill(query, key, value, mask, scaling, self.method.window, score_dtype)
         else:
             out, attention = attention_math.model_prefill(query, key, value, mask, scaling), None
-        prompt = Prompt(query, key, value, module, layer_idx, attention, self.config.sinks, score_dtype, budget)
+        prompt = Prompt(key, value, module, layer_idx, attention, self.config.sinks, score_dtype, budget)
         length = key.shape[2]
         scores[row, :, -length:] = self.method.prompt_scores(prompt)
         if norms is not None:

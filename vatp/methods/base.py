@@ -55,14 +55,13 @@ class Scores(Enum):
 class Prompt:
     """One row's prompt at one layer, as a method's prompt scorer sees it (no padding).
 
-    query (1, heads, L, d), key (1, kv_heads, L, d), value (1, kv_heads, L, dv):
-    the layer's attention inputs (keys after RoPE). ``attention`` (heads, L): the
+    key (1, kv_heads, L, d), value (1, kv_heads, L, dv): the layer's cached
+    keys (after RoPE) and values. ``attention`` (heads, L): the
     attention each key received, summed over the method's ``window`` of last
     queries, in ``score_dtype``; None for a method that does not use attention.
     ``budget``: the row's budget at this layer.
     """
 
-    query: torch.Tensor
     key: torch.Tensor
     value: torch.Tensor
     module: torch.nn.Module
