@@ -49,3 +49,16 @@ def test_decode_bench_counts_ops_and_syncs_per_step(tmp_path):
             assert ops[(variant, backend, 2)] <= 1.25 * ops[(variant, backend, 1)]  # no op per row
     assert all(r["syncs"] <= 1 for r in rows)  # the full cache's one (transformers'), no more
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_serve_bench_runs_the_workload_whole_and_pruned_on_one_pool(tmp_path):
+    out = tmp_path / "serve"
+    subprocess.run([sys.executable, "bench/bench_serve.py", "--shape", "tiny", "--requests", "6", "--length", "96",
+                    "--new_tokens", "24", "--block_size", "16", "--num_blocks", "24", "--ratios", "0.1",
+                    "--out", str(out)], check=True, cwd=REPO, capture_output=True)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["run"] for r in rows] == ["full cache", "H2O+VATP 20%"]
+    full, pruned = rows
+    assert not full["failed"] and not pruned["failed"] and pruned["soft_resets"] == 0
+    assert pruned["peak_requests"] > full["peak_requests"]  # the blocks pruning frees hold more requests
+    assert len(pruned["blocks"]) == pruned["forwards"] and out.with_suffix(".png").stat().st_size > 10_000
