@@ -16,7 +16,7 @@ import logging
 import torch
 
 from ..budget_hint import BudgetError
-from ..policy import Limits
+from ..policy import Budget, Limits
 from ..refusals import UnsupportedError
 from .requests import Segment, StepPlan, Tracked
 
@@ -76,37 +76,38 @@ class Engine:
         return chosen
 
     def _peak_blocks(self, state, block_size: int) -> int:
-        """The most blocks a request can hold from now on: its prompt's while it prefills, then its budget's (deciding
-        methods) or its kept tokens and the new tokens left (others; none where there is no limit: such a request
-        is failed alone if the engine ever runs out). transformers allocates up to 2 blocks ahead."""
-        def blocks(slots: int) -> int:
-            return (slots + 1) // block_size + 2
-
+        """The most blocks a request can hold from now on (:func:`peak_blocks`)."""
         tracked = self.tracked.get(state.request_id) or self._track(state)
-        left = None if state.max_new_tokens is None else state.max_new_tokens - len(state.generated_tokens)
-        if tracked.kind == "decides":  # its budget, or every token it will see where they are fewer
-            seen = None if left is None else tracked.prompt_len + state.max_new_tokens
-            after = blocks(min(tracked.budget.total, seen or tracked.budget.total) + 1)
-        else:
-            kept = tracked.held
-            if kept is None:
-                kept = tracked.prompt_len if tracked.budget is None else min(tracked.prompt_len, tracked.budget.total)
-            after = blocks(kept + (left or 0))
-        return after if tracked.held is not None else max(blocks(tracked.prompt_len), after)
+        return peak_blocks(tracked.budget, tracked.decides, tracked.prompt_len, state.max_new_tokens,
+                           len(state.generated_tokens), tracked.held, block_size)
+
+    def blocks_needed(self, prompt_len: int, max_new_tokens: int | None, block_size: int) -> int:
+        """The most blocks a new request of ``prompt_len`` tokens and ``max_new_tokens`` would hold."""
+        budget = self._budget(prompt_len)
+        return peak_blocks(budget, self.session.method.scores.decides_while_decoding, prompt_len, max_new_tokens, 0,
+                           None, block_size)
+
+    def _budget(self, prompt_len: int, request_id: str | None = None) -> Budget | None:
+        """A request's budget, or None where it is kept whole: a prompt too short for the method's budget, or one
+        whose recent budget of 0 keeps every token (the paper's quirk)."""
+        try:
+            budget = self.session.budget(prompt_len)
+        except BudgetError as err:
+            if request_id is not None:
+                log.warning("vatp: request %s is kept whole: %s", request_id, err)
+            return None
+        if budget.keeps_all:
+            if request_id is not None:
+                log.warning("vatp: request %s is kept whole: heavy_ratio %s gives a recent budget of 0 for a %d-token "
+                            "prompt", request_id, self.session.config.heavy_ratio, prompt_len)
+            return None
+        return budget
 
     def _track(self, state) -> Tracked:
-        """What vatp follows of a new request: its budget, or none (kept whole) when the prompt is too short."""
-        method = self.session.method
-        try:
-            budget = self.session.budget(len(state.initial_tokens))
-        except BudgetError as err:
-            log.warning("vatp: request %s is kept whole: %s", state.request_id, err)
-            budget = None
-        if budget is not None and budget.keeps_all:  # the paper's quirk: a recent budget of 0 keeps every token
-            log.warning("vatp: request %s is kept whole: heavy_ratio %s gives a recent budget of 0 for a %d-token "
-                        "prompt", state.request_id, self.session.config.heavy_ratio, len(state.initial_tokens))
-            budget = None
-        tracked = Tracked(state, len(state.initial_tokens), budget, method.scores.decides_while_decoding)
+        """What vatp follows of a new request: its budget, or none (kept whole)."""
+        prompt_len = len(state.initial_tokens)
+        tracked = Tracked(state, prompt_len, self._budget(prompt_len, state.request_id),
+                          self.session.method.scores.decides_while_decoding)
         self.tracked[state.request_id] = tracked
         return tracked
 
@@ -196,3 +197,21 @@ class Engine:
         if self.plan is None or self.plan.deltas is None:
             return position_ids
         return position_ids + self.plan.deltas.to(position_ids.device)
+
+
+def peak_blocks(budget: Budget | None, decides: bool, prompt_len: int, max_new_tokens: int | None, generated: int,
+                held: int | None, block_size: int) -> int:
+    """The most blocks a request can hold from now on: its prompt's while it prefills (``held`` None), then its
+    budget's, or every token it will see where they are fewer (deciding methods), or its kept prompt and the new
+    tokens left (others; none where there is no limit: such a request is failed alone if the engine ever runs
+    out). transformers allocates a block ahead at most."""
+    def blocks(slots: int) -> int:
+        return (slots + 1) // block_size + 1
+
+    if budget is not None and decides:
+        total = budget.total if max_new_tokens is None else min(budget.total, prompt_len + max_new_tokens)
+        after = blocks(total + 1)
+    else:
+        kept = held if held is not None else prompt_len if budget is None else min(prompt_len, budget.total)
+        after = blocks(kept + (0 if max_new_tokens is None else max_new_tokens - generated))
+    return after if held is not None else max(blocks(prompt_len), after)
