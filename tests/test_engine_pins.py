@@ -101,3 +101,19 @@ def test_what_a_step_hands_the_attention_and_the_decoder(name):
         hook.remove()
         model.set_attn_implementation("sdpa")
     assert name in (seen["decoder"] if name in ("cu_seq_lens_q", "position_ids") else seen["attention"])
+
+
+def test_the_serving_app_vatp_serve_reuses():
+    from transformers.cli.serving import ModelManager, build_server, chat_completion, server, utils
+
+    assert parameters(build_server) == ["model_manager", "chat_handler", "completion_handler", "response_handler",
+                                        "transcription_handler", "generation_state", "enable_cors"]
+    assert {"device", "dtype", "attn_implementation", "force_model"} <= set(parameters(ModelManager.__init__))
+    manager = inspect.getsource(ModelManager.load_model_and_processor)
+    assert "self._load_processor(" in manager and "self._load_model(" in manager
+    assert "model_manager.get_gen_models()" in inspect.getsource(server.build_server)  # /v1/models
+    handler = chat_completion.ChatCompletionHandler
+    assert parameters(handler.handle_request)[1:] == ["body", "request_id"]
+    assert parameters(handler._build_generation_config)[1:] == ["body", "model_generation_config", "use_cb"]
+    assert {"continuous_batching", "cb_config"} <= set(parameters(utils.GenerationState.__init__))
+    assert "model.init_continuous_batching(" in inspect.getsource(utils.CBGenerateManager.init_cb)
