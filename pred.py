@@ -90,7 +90,12 @@ def parse_args(argv=None):
                            "only for repositories you trust")
     ours.add_argument("--batch_size", type=int, default=1,
                       help="prompts generated together, grouped by length (left-padded); each is pruned as if it "
-                           "ran alone, and the predictions are the same (default 1, as the paper)")
+                           "ran alone, and the predictions are the same (default 1, as the paper). With --engine "
+                           "cb: the whole prompts the engine's block pool holds at once")
+    ours.add_argument("--engine", choices=("generate", "cb"), default="generate",
+                      help="generate: model.generate, batch after batch (default); cb: transformers' continuous "
+                           "batching (vatp/engine), every sample of a dataset queued at once, each pruned as if it "
+                           "ran alone (the predictions of --backend evict), the blocks pruning frees holding more")
     ours.add_argument("--overwrite", action="store_true",
                       help="delete predictions made with other settings instead of refusing")
     return p.parse_args(argv)
@@ -115,6 +120,16 @@ def check_args(args) -> None:
         raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.h2o and args.method not in (None, "h2o"):
         raise UsageError(f"--h2o picks H2O but --method says {args.method}; give one of them")
+    if args.engine == "cb":
+        if "samsum" in (args.datasets or default_datasets(args.e)):
+            raise UsageError("samsum generates at least one token before its stop (LongBench's min_length), which "
+                             "transformers' continuous batching cannot enforce; run samsum with --engine generate")
+        for flag, value in (("--adakv", args.adakv), ("--compile", args.compile),
+                            ("--scoring", args.scoring not in (None, "chunked", "eager") and args.scoring)):
+            if value:
+                raise UsageError(f"--engine cb does not take {flag} (the engine holds one number of slots per "
+                                 "request, scores prompts chunk by chunk in eager's arithmetic and compiles "
+                                 f"nothing); drop {flag}, or use --engine generate")
     if given := [f"--{name}" for name in not_applying(args) if getattr(args, name) != DEFAULTS[name]]:
         listed = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
         warnings.warn(f"{listed} do{'es' * (len(given) == 1)} not apply to this run ({describe(args)}): recorded in "
@@ -127,13 +142,13 @@ DEFAULTS = {"method": None, "h2o": False, "apval": False, "adakv": False, "sink_
 
 
 def not_applying(args) -> list[str]:
-    """The flags this run ignores: the full cache (--heavy_ratio 1) uses no method flag, and only VATP and
-    StreamingLLM keep sinks. They are stored in its run records but not compared, so that the same run with
-    other values of them resumes."""
+    """The flags this run ignores: the full cache (--heavy_ratio 1) uses no method flag, only VATP and
+    StreamingLLM keep sinks, and the engine (--engine cb) always evicts. They are stored in its run records but
+    not compared, so that the same run with other values of them resumes."""
     if args.heavy_ratio >= 1.0:
         return list(DEFAULTS)
     sinks = args.apval or method_name(args) == "streaming"
-    return [] if sinks else ["sink_len"]
+    return ([] if sinks else ["sink_len"]) + (["backend"] if args.engine == "cb" else [])
 
 
 def method_name(args) -> str:
@@ -282,7 +297,7 @@ def claim(args, job: Job, locks: contextlib.ExitStack) -> dict:
     plans = {}
     if job.state.is_main_process:
         settings = run_settings(args, job)
-        uncompared = runs.UNCOMPARED | {"recent_ratio", "not_applying", *settings["not_applying"]}
+        uncompared = runs.UNCOMPARED | {"recent_ratio", "engine", "not_applying", *settings["not_applying"]}
         for name in job.inputs.samples:
             locks.enter_context(runs.RunLock(out_dir(args), name, settings, model_path=job.inputs.model_path,
                                              summary=describe(args), uncompared=uncompared))
@@ -305,7 +320,7 @@ def run_settings(args, job: Job) -> dict:
 
 
 # Flags added after runs were recorded, left out at their defaults: those runs still resume.
-LATER_FLAGS = {"adakv": False, "compile": None}
+LATER_FLAGS = {"adakv": False, "compile": None, "engine": "generate"}
 
 
 def recorded_flags(args) -> dict:
@@ -409,17 +424,19 @@ def predict_dataset(args, job: Job, name: str, model, tokenizer, session, plan) 
         todo = [i for i in runs.shard_indices(len(samples), rank, world) if ids[i] not in writer.done]
         with tqdm(total=len(todo), desc=f"{name} [{method}]", unit="sample", disable=not state.is_main_process,
                   dynamic_ncols=True) as bar:  # closed before an interrupt's message
-            for batch in by_length(todo, encoded, args.batch_size):
-                if session is not None:
-                    for i in batch:
-                        budget = session.budget(encoded[i].shape[1])
-                        kept.append(min(budget.total, encoded[i].shape[1]) / encoded[i].shape[1])
-                    bar.set_postfix(prompt=encoded[batch[-1]].shape[1], budget=budget.total)
-                preds = generate_batch(model, tokenizer, name, max_new, [encoded[i] for i in batch])
-                for i, pred in zip(batch, preds):
-                    writer.write(runs.prediction_record(post_process(pred, args.model), samples[i], i, ids[i]))
-                new += len(batch)
-                bar.update(len(batch))
+            if session is not None:
+                for i in todo:
+                    kept.append(min(session.budget(encoded[i].shape[1]).total, encoded[i].shape[1]) / encoded[i].shape[1])
+            if args.engine == "cb":
+                answers = engine_answers(model, tokenizer, name, max_new, {i: encoded[i] for i in todo},
+                                         args.batch_size)
+            else:
+                answers = batch_answers(model, tokenizer, name, max_new, todo, encoded, args.batch_size)
+            for i, pred in answers:
+                writer.write(runs.prediction_record(post_process(pred, args.model), samples[i], i, ids[i]))
+                new += 1
+                bar.set_postfix(prompt=encoded[i].shape[1])
+                bar.update(1)
     state.wait_for_everyone()
     if state.is_main_process:
         final = runs.final_path(folder, name)
@@ -430,6 +447,38 @@ def predict_dataset(args, job: Job, name: str, model, tokenizer, session, plan) 
             print(f"{name}: warning: only {count} of {len(samples)} samples predicted", file=sys.stderr)
         print(f"{name}: {count}/{len(samples)} predictions in {final} ({new} new on rank 0 of {world}, "
               f"{time.time() - started:.1f} s, {method}{budget})", flush=True)
+
+
+def batch_answers(model, tokenizer, name: str, max_new: int, todo: list[int], encoded: list, size: int):
+    """(sample index, answer) for ``todo``, generated ``size`` prompts at a time (:func:`generate_batch`)."""
+    for batch in by_length(todo, encoded, size):
+        yield from zip(batch, generate_batch(model, tokenizer, name, max_new, [encoded[i] for i in batch]))
+
+
+def engine_answers(model, tokenizer, name: str, max_new: int, prompts: dict, size: int, block_size: int = 32):
+    """(sample index, answer) as transformers' continuous batching finishes each of ``prompts`` (index: (1, n)),
+    all queued at once; its pool holds ``size`` of the longest prompt whole with their new tokens."""
+    from transformers import GenerationConfig
+
+    settings = generation_kwargs(tokenizer, name, max_new, 0)
+    stops = settings.get("eos_token_id", model.generation_config.eos_token_id)
+    generation = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=stops,
+                                  pad_token_id=settings["pad_token_id"])
+    longest = max(ids.shape[1] for ids in prompts.values())
+    config = vatp.engine_config(block_size=block_size, num_blocks=size * ((longest + max_new + 1) // block_size + 1),
+                                max_batch_tokens=1024, max_requests_per_batch=len(prompts))
+    manager = model.init_continuous_batching(generation, config)
+    manager.start()
+    try:
+        index = {manager.add_request(ids[0].tolist(), request_id=f"sample_{i}", max_new_tokens=max_new): i
+                 for i, ids in prompts.items()}
+        for _ in index:
+            out = manager.get_result(timeout=None)
+            if out.error:
+                raise RuntimeError(f"sample {index[out.request_id]}: {out.error}")
+            yield index[out.request_id], decode(tokenizer, cut_at_stop(out.generated_tokens, stops))
+    finally:
+        manager.stop(block=True)
 
 
 def generate_batch(model, tokenizer, name: str, max_new: int, prompts: list) -> list[str]:

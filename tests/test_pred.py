@@ -266,3 +266,24 @@ def test_two_processes_on_cpu_give_the_single_process_file(reference, data, tmp_
         assert json.loads((tmp_path / MODEL / f"run_{name}.json").read_text())["sessions"][0]["num_processes"] == 2
     assert not list((tmp_path / MODEL).glob("*.parts"))
     assert_same_files(tmp_path / MODEL, reference)
+
+
+def test_the_engine_predicts_byte_for_byte_what_evict_predicts_and_resumes(data, one_model, tmp_path):
+    """--engine cb: transformers' continuous batching, every sample queued at once, the blocks of its pool for one
+    whole prompt (--batch_size 1): the files of --backend evict; cut after one sample, it resumes."""
+    evict = run_main(data, tmp_path / "evict", "--backend", "evict", datasets=["offline_count"])
+    common = ["--data_dir", str(data), "--datasets", "offline_count", *FLAGS[:FLAGS.index("--limit")], "--device",
+              "cpu", "--engine", "cb"]
+    assert pred.main(["--save", str(tmp_path / "cb"), *common, "--limit", "1"]) == 0
+    assert pred.main(["--save", str(tmp_path / "cb"), *common, "--limit", "2"]) == 0  # the second sample only
+    cb = tmp_path / "cb" / MODEL
+    assert (cb / "offline_count.jsonl").read_bytes() == (evict / "offline_count.jsonl").read_bytes()
+    record = json.loads((cb / "run_offline_count.json").read_text())
+    assert [s["args"]["engine"] for s in record["sessions"]] == ["cb", "cb"]
+    assert [s["count"] for s in record["sessions"]] == [1, 2]
+
+
+def test_the_engine_refuses_samsum_before_the_model_loads(data, tmp_path, capsys):
+    code = pred.main(["--data_dir", str(data), "--save", str(tmp_path), "--datasets", "samsum", *FLAGS,
+                      "--engine", "cb"])
+    assert code == 2 and "samsum generates at least one token" in capsys.readouterr().err

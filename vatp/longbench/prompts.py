@@ -90,11 +90,12 @@ def left_pad(prompts: list, pad_id: int):
 
 
 def cut_at_stop(tokens, stop_ids) -> list:
-    """A row's generated tokens up to and including its first stop token: what it generates alone.
+    """A row's generated tokens (a tensor or a list) up to and including its first stop token: what it generates
+    alone.
 
     In a batch, rows that stopped are filled up with padding while the others go on.
     """
-    tokens = tokens.tolist()
+    tokens = tokens if isinstance(tokens, list) else tokens.tolist()
     stops = {stop_ids} if isinstance(stop_ids, int) else set(stop_ids or ())
     end = next((k + 1 for k, token in enumerate(tokens) if token in stops), len(tokens))
     return tokens[:end]
