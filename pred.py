@@ -507,7 +507,7 @@ def describe(args) -> str:
         return "full cache"
     sinks = args.sink_len if args.apval or args.method == "streaming" else 0
     label = names.method_label(method_name(args), args.apval) + ("+AdaKV" if args.adakv else "")
-    return f"{label} r={args.heavy_ratio} sink={sinks} {args.backend}"
+    return f"{label} r={args.heavy_ratio} sink={sinks} {'engine' if args.engine == 'cb' else args.backend}"
 
 
 if __name__ == "__main__":
