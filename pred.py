@@ -66,6 +66,14 @@ def parse_args(argv=None):
                            "the newest query's attention at every step; knorm = the lowest key norms (the prompt "
                            "only); criticalkv = CriticalKV over SnapKV's scores (values projected through o_proj); "
                            "pyramidkv = SnapKV with larger budgets in lower layers. --apval adds VATP to any of them")
+    ours.add_argument("--vnorm", choices=names.VALUE_NORMS, default="l1",
+                      help="VATP's value term (with --apval): l1 (the paper's, default), l2, or wo_l1 (the value "
+                           "projected through o_proj, CriticalKV's)")
+    ours.add_argument("--vepsilon", type=float, default=0.0,
+                      help="VATP scores (s + EPS) * norm (with --apval; default 0, the paper's)")
+    ours.add_argument("--vstage", type=float, default=0.0,
+                      help="the share of the budget VATP keeps by the method's score alone before the product ranks "
+                           "the rest (with --apval; CriticalKV's first stage; default 0)")
     ours.add_argument("--adakv", action="store_true",
                       help="AdaKV: spread each layer's budget over its KV heads by score (any method)")
     ours.add_argument("--backend", choices=names.BACKENDS, default="mask",
@@ -138,7 +146,7 @@ def check_args(args) -> None:
 
 # The flags each run may leave unused, at their defaults.
 DEFAULTS = {"method": None, "h2o": False, "apval": False, "adakv": False, "sink_len": 0, "backend": "mask",
-            "scoring": None, "score_dtype": None, "compile": None}
+            "scoring": None, "score_dtype": None, "compile": None, "vnorm": "l1", "vepsilon": 0.0, "vstage": 0.0}
 
 
 def not_applying(args) -> list[str]:
@@ -285,7 +293,8 @@ def vatp_config(args):
     try:
         return vatp.VatpConfig(heavy_ratio=args.heavy_ratio, method=method_name(args), apval=args.apval,
                                adakv=args.adakv, sink_len=args.sink_len, backend=args.backend, scoring=args.scoring,
-                               score_dtype=args.score_dtype, compile=args.compile)
+                               score_dtype=args.score_dtype, compile=args.compile, value_norm=args.vnorm,
+                               epsilon=args.vepsilon, two_stage=args.vstage)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -320,7 +329,7 @@ def run_settings(args, job: Job) -> dict:
 
 
 # Flags added after runs were recorded, left out at their defaults: those runs still resume.
-LATER_FLAGS = {"adakv": False, "compile": None, "engine": "generate"}
+LATER_FLAGS = {"adakv": False, "compile": None, "engine": "generate", "vnorm": "l1", "vepsilon": 0.0, "vstage": 0.0}
 
 
 def recorded_flags(args) -> dict:
@@ -507,6 +516,7 @@ def describe(args) -> str:
         return "full cache"
     sinks = args.sink_len if args.apval or args.method == "streaming" else 0
     label = names.method_label(method_name(args), args.apval) + ("+AdaKV" if args.adakv else "")
+    label += names.value_options(args.vnorm, args.vepsilon, args.vstage)
     return f"{label} r={args.heavy_ratio} sink={sinks} {'engine' if args.engine == 'cb' else args.backend}"
 
 

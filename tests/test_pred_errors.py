@@ -102,6 +102,9 @@ CASES = {  # id: (flags, environment, what the message must say)
                              ["offline_count sample 0", "knorm: heavy_ratio 0.001 keeps no token", "use heavy_ratio >="]),
     "vatp on scores that are not attention": (["--method", "knorm", "--apval", "--heavy_ratio", "0.25"], {},
                                               ["VATP (apval) weights attention scores", "knorm", "drop apval"]),
+    "value options without vatp": (["--h2o", "--vepsilon", "0.01", "--heavy_ratio", "0.25"], {},
+                                   ["options of VATP's value weighting", "add apval"]),
+    "a value term vatp does not know": (METHOD + ["--vnorm", "l3"], {}, ["invalid choice: 'l3'", "wo_l1"]),
     "adakv without scores": (["--method", "streaming", "--adakv", "--heavy_ratio", "0.25"], {},
                              ["AdaKV moves budget between KV heads", "drop adakv"]),
     "scissorhands budget below its recent window": (["--heavy_ratio", "0.01"], {},
@@ -128,6 +131,8 @@ CASES = {  # id: (flags, environment, what the message must say)
                      ["empty_prompt/offline_count.jsonl:2: empty prompt"]),
     "predictions of another method": (METHOD, {}, ["made with other settings", "apval: false → true",
                                                    "sink_len: 0 → 4", "--overwrite", "--save"]),
+    "predictions of another value term": (["--h2o", "--apval", "--heavy_ratio", "0.25", "--vnorm", "wo_l1"], {},
+                                          ["made with other settings", "vnorm: <absent> → \"wo_l1\""]),
 }
 
 

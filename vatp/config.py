@@ -27,6 +27,10 @@ class VatpConfig:
         scores are attention, which compare across heads; others refuse it).
     sink_len: leading tokens always kept (with apval, as in the paper, and streaming;
         other methods ignore it, as the paper's code does without ``--apval``).
+    value_norm, epsilon, two_stage: options of VATP (with apval; the paper's by default):
+        the value term ("l1", "l2", "wo_l1"), the score ``(s + epsilon) * norm``, and the
+        share of the budget kept by the method's score alone
+        (:class:`~vatp.methods.ValueAware`).
     backend: "mask" (faithful: pruned tokens masked, cache keeps them) or
         "evict" (pruned tokens removed from the cache; same outputs).
     scoring: "eager" (L x L probabilities, the paper's way), "chunked"
@@ -55,6 +59,9 @@ class VatpConfig:
     chunk_size: int = 512
     score_dtype: str | None = None
     compile: str | None = None
+    value_norm: str = "l1"
+    epsilon: float = 0.0
+    two_stage: float = 0.0
 
     def __post_init__(self):
         for name, kinds in (("heavy_ratio", (int, float)), ("sink_len", int), ("chunk_size", int), ("apval", bool),
@@ -78,7 +85,10 @@ class VatpConfig:
             check_choice("compile mode", self.compile, COMPILE_MODES)
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        scorer = self.scorer  # VATP refuses a method whose scores are not attention
+        if not self.apval and (self.value_norm, self.epsilon, self.two_stage) != ("l1", 0.0, 0.0):
+            raise ValueError("value_norm, epsilon and two_stage are options of VATP's value weighting; add "
+                             "apval=True, or leave them out")
+        scorer = self.scorer  # VATP refuses a method whose scores are not attention (and checks its options)
         if self.adakv:
             adakv.check_applies(scorer)
 
@@ -93,9 +103,10 @@ class VatpConfig:
     @cached_property
     def scorer(self) -> Method:
         """The method that scores tokens: ``method``, wrapped by VATP's value weighting if ``apval``."""
-        if isinstance(self.method, Method):
-            return ValueAware(self.method) if self.apval else self.method
-        return get_method(self.method, self.apval)
+        method = self.method if isinstance(self.method, Method) else get_method(self.method)
+        if not self.apval:
+            return method
+        return ValueAware(method, value_norm=self.value_norm, epsilon=self.epsilon, two_stage=self.two_stage)
 
     @property
     def sinks(self) -> int:

@@ -132,6 +132,16 @@ def rank_key(scores: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return (bits.long() << 32) - positions
 
 
+def first_stage(scores: torch.Tensor, budget: Budget, share: float) -> torch.Tensor:
+    """The tokens a two-stage decision keeps by ``scores`` alone (CriticalKV's first stage): the best
+    ``int(share * budget.total) - budget.recent`` of a prompt's tokens before its recent window, equal scores to
+    the older token. scores (kv_heads, L) -> (kv_heads, k) int64 positions."""
+    prefix = max(scores.shape[-1] - budget.recent, 0)
+    count = min(max(int(share * budget.total) - budget.recent, 0), prefix)
+    positions = torch.arange(prefix, device=scores.device)
+    return rank_key(scores[..., :prefix], positions).topk(count, dim=-1).indices
+
+
 def keep_slots(scores: torch.Tensor, positions: torch.Tensor, attended: torch.Tensor, cached: torch.Tensor,
                limits: Limits) -> torch.Tensor:
     """Which slots the next step attends, the incoming token's aside: (B, H, C) bool.

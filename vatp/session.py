@@ -100,10 +100,12 @@ class VatpSession:
     def _decode(self, state: Slots, query, key, value, scaling):
         """One decode step of every row at once: attend, score, decide, in a fixed number of tensor ops."""
         method = self.method
-        norms = None
+        norms = entry = None
         if method.uses_values:
-            norms = policy.value_l1_norm(self.backend.incoming_values(state, value).to(state.scores.dtype))
-        self.backend.open_slot(state, norms)
+            incoming = self.backend.incoming_values(state, value).to(state.scores.dtype)
+            norms = method.new_norms(incoming, state.value_weight).to(state.scores.dtype)
+            entry = method.entry_scores(norms)
+        self.backend.open_slot(state, norms, entry)
         step = None
         if method.scores.is_attention:
             cache = self.backend.operands(state, key, value)
@@ -146,6 +148,8 @@ class VatpSession:
             limits = policy.Limits.of(budgets, key.device, self.config.sinks, heavy=heavy)
         keep = policy.keep_slots(scores, positions, attended, cached, limits)
         slots = Slots(policy.drop_pruned(scores, keep), norms, positions, attended, cached, budgets, limits)
+        if self.method.uses_values:  # what a decode step's value term reads of the layer (o_proj for wo_l1)
+            slots.value_weight = self.method.norm_weight(module, kv_heads, value.shape[3])
         self.layers[layer_idx] = self.backend.after_prompt(layer_idx, slots, keep, self.cache, self.method)
         return out
 
@@ -161,7 +165,7 @@ class VatpSession:
         length = key.shape[2]
         scores[row, :, -length:] = self.method.prompt_scores(prompt)
         if norms is not None:
-            norms[row, :, -length:] = prompt.value_norms
+            norms[row, :, -length:] = self.method.token_norms(prompt)
         return out
 
     def _limits_of(self, budgets: list[policy.Budget], device) -> policy.Limits:

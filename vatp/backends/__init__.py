@@ -33,8 +33,9 @@ class Backend(Protocol):
        values (asked only by methods that use value norms); ``operands(state, key,
        value) -> DecodeOperands``: the cache as the step attends it (methods that
        score attention);
-    3. ``open_slot(state, norms)``: the new token has its slot: attended, score 0,
-       its position (``state.cached - 1``) and value norms (None: not kept);
+    3. ``open_slot(state, norms, entry)``: the new token has its slot: attended, score
+       ``entry`` (None: 0), its position (``state.cached - 1``) and value norms (None:
+       not kept);
     4. ``close_step(state, scores, victim, leaves)``: store the step's scores and
        its decision (:func:`vatp.policy.step_victim`: per row and KV head, the slot
        that leaves where ``leaves``), and say where the next token goes.
@@ -48,7 +49,7 @@ class Backend(Protocol):
 
     def operands(self, state: Slots, key: torch.Tensor, value: torch.Tensor) -> DecodeOperands: ...
 
-    def open_slot(self, state: Slots, norms: torch.Tensor | None) -> None: ...
+    def open_slot(self, state: Slots, norms: torch.Tensor | None, entry: torch.Tensor | None = None) -> None: ...
 
     def close_step(self, state: Slots, scores: torch.Tensor, victim: torch.Tensor, leaves: torch.Tensor) -> None: ...
 

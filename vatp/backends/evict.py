@@ -214,13 +214,17 @@ class EvictBackend:
         """The cache the step attends: views made once where the cache's tensors stay in place."""
         return state.operands or DecodeOperands.of(key, value, state.attended)
 
-    def open_slot(self, state: EvictState, norms: torch.Tensor | None) -> None:
+    def open_slot(self, state: EvictState, norms: torch.Tensor | None, entry: torch.Tensor | None = None) -> None:
         """The incoming token's slot, just written by the cache layer, was opened by the last step (attended,
-        score 0, its position): here it gets its value norms. Where the cache grows, a slot is appended."""
+        score 0, its position): here it gets its value norms, and its score ``entry`` if not 0. Where the cache
+        grows, a slot is appended."""
         if state.free is None:
-            append_slot(state, norms)
-        elif norms is not None:
+            append_slot(state, norms, entry)
+            return
+        if norms is not None:
             state.norms.scatter_(-1, state.free, norms)
+        if entry is not None:
+            state.scores.scatter_(-1, state.free, entry)
 
     def close_step(self, state: EvictState, scores: torch.Tensor, victim: torch.Tensor, leaves: torch.Tensor) -> None:
         """Store the step's scores, and open the next token's slot: the one that leaves, or, in a row that does not

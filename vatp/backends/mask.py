@@ -31,9 +31,9 @@ class MaskBackend:
         """The cache the step attends, as the model's own cache holds it."""
         return DecodeOperands.of(key, value, state.attended)
 
-    def open_slot(self, state: Slots, norms: torch.Tensor | None) -> None:
+    def open_slot(self, state: Slots, norms: torch.Tensor | None, entry: torch.Tensor | None = None) -> None:
         """The new token, just appended to the cache, takes a new slot at the end."""
-        append_slot(state, norms)
+        append_slot(state, norms, entry)
 
     def close_step(self, state: Slots, scores: torch.Tensor, victim: torch.Tensor, leaves: torch.Tensor) -> None:
         """The step's decision is the next step's mask; the pruned token's score becomes -inf."""

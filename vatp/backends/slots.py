@@ -30,6 +30,8 @@ class Slots:
     budgets: each row's budget at this layer; limits: the same as tensors.
 
     layer: the cache layer that holds these slots' keys and values (None without a cache).
+    value_weight: what a decode step's value term reads of the layer besides the values (the method's
+        ``norm_weight``: ``o_proj``'s slices for VATP's ``wo_l1``), or None.
 
     A method that prunes only the prompt keeps only ``cached`` and ``bias`` up to date while
     decoding: its ``attended`` and ``positions`` stay the prompt's (the tokens appended since, all
@@ -46,6 +48,7 @@ class Slots:
     limits: Limits
     layer: object = None
     bias: torch.Tensor | None = None
+    value_weight: torch.Tensor | None = None
 
     @property
     def decoded(self) -> int:
@@ -98,18 +101,19 @@ class Slots:
         return torch.where(held, positions, cached + 1), cached
 
 
-def append_slot(state: Slots, new_norms: torch.Tensor | None) -> None:
-    """Give the incoming token a new slot at the end: attended, score 0, its position (``cached - 1``) and value norm.
+def append_slot(state: Slots, new_norms: torch.Tensor | None, entry: torch.Tensor | None = None) -> None:
+    """Give the incoming token a new slot at the end: attended, score ``entry`` (None: 0), its position
+    (``cached - 1``) and value norm.
 
-    new_norms (B, kv_heads, 1) or None. A method that decides nothing while decoding only widens its
-    attention mask (and not even that where every slot is attended).
+    new_norms and entry (B, kv_heads, 1) or None. A method that decides nothing while decoding only widens
+    its attention mask (and not even that where every slot is attended).
     """
     if state.scores is None:
         if state.bias is not None:
             state.bias = F.pad(state.bias, (0, 1))
         return
     state.attended = F.pad(state.attended, (0, 1), value=True)
-    state.scores = F.pad(state.scores, (0, 1))
+    state.scores = F.pad(state.scores, (0, 1)) if entry is None else torch.cat([state.scores, entry], dim=-1)
     state.positions = torch.cat([state.positions, state.cached.expand(-1, state.positions.shape[1], 1) - 1], dim=-1)
     if new_norms is not None:
         state.norms = torch.cat([state.norms, new_norms], dim=-1)

@@ -130,7 +130,7 @@ class StepAttention:
             state = {"scores": scores.gather(-1, take[None]), "positions": take[None],
                      "attended": torch.ones_like(take[None], dtype=torch.bool)}
             if method.uses_values:
-                state["norms"] = prompt.value_norms[None].gather(-1, take[None])
+                state["norms"] = method.token_norms(prompt)[None].gather(-1, take[None])
             self._page_state(score_dtype).write(pages[None, :kept], heads[None], state)
 
     def _page_state(self, score_dtype) -> PageState:
@@ -159,12 +159,15 @@ class StepAttention:
         self.keys[target, heads[..., 0]] = new_keys
         self.values[target, heads[..., 0]] = new_values
         attended = (state["attended"] & valid).scatter(-1, free, True)
-        scores = state["scores"].masked_fill(~attended, float("-inf")).scatter(-1, free, 0.0)
         positions = state["positions"].scatter(-1, free, cached.expand_as(free) - 1)
-        norms = None
+        norms, entry = None, 0.0
         if method.uses_values:
-            new_norms = policy.value_l1_norm(new_values.to(score_dtype))[..., None]
+            weight = method.norm_weight(self.module, new_values.shape[1], new_values.shape[2])
+            new_norms = method.new_norms(new_values.to(score_dtype)[:, :, None], weight).to(score_dtype)
             norms = state["norms"].scatter(-1, free, new_norms)
+            entry = method.entry_scores(new_norms)
+            entry = 0.0 if entry is None else entry
+        scores = state["scores"].masked_fill(~attended, float("-inf")).scatter(-1, free, entry)
         keys, values = self.keys[pages].transpose(1, 2), self.values[pages].transpose(1, 2)
         cache = attention_math.DecodeOperands.of(keys, values, attended)
         out, probs = attention_math.decode_step(query, cache, self.scaling, score_dtype)

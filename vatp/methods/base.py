@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -75,11 +74,6 @@ class Prompt:
     def kv_heads(self) -> int:
         return self.key.shape[1]
 
-    @cached_property
-    def value_norms(self) -> torch.Tensor:
-        """(kv_heads, L) L1 norm of each value vector, in ``score_dtype``."""
-        return value_l1_norm(self.value[0].to(self.score_dtype))
-
 
 @dataclass(frozen=True)
 class Method:
@@ -96,7 +90,8 @@ class Method:
       (``None``: all of them);
     * ``protects_sinks``: the first ``sink_len`` tokens are always kept (the budget
       must hold them);
-    * ``uses_values``: the session keeps each token's value L1 norm for :meth:`step_scores`.
+    * ``uses_values``: the session keeps each token's value term (:meth:`token_norms` at the
+      prompt, :meth:`new_norms` at a decode step; L1 norms by default) for :meth:`step_scores`.
     """
 
     name: ClassVar[str] = ""
@@ -130,6 +125,22 @@ class Method:
         if self.scores is Scores.NONE:
             return scores
         return accumulate(scores, step)
+
+    def token_norms(self, prompt: Prompt) -> torch.Tensor:
+        """(kv_heads, L) the value term of each prompt token, in ``prompt.score_dtype`` (methods that use values)."""
+        return value_l1_norm(prompt.value[0].to(prompt.score_dtype))
+
+    def norm_weight(self, module, kv_heads: int, value_dim: int) -> torch.Tensor | None:
+        """What :meth:`new_norms` reads of the layer besides the values (None: nothing)."""
+        return None
+
+    def new_norms(self, values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """values (B, kv_heads, 1, dv) of a decode step's token -> its value terms (B, kv_heads, 1)."""
+        return value_l1_norm(values)
+
+    def entry_scores(self, norms: torch.Tensor) -> torch.Tensor | None:
+        """The score (B, kv_heads, 1) a decode step's new token enters with, from its value terms; None: 0."""
+        return None
 
     def budget(self, prompt_len: int, ratio: float, sink_len: int = 0) -> Budget:
         """The budget for ``ratio``. It must depend on the ratio only through ``n = int(ratio * prompt_len)``,

@@ -15,13 +15,16 @@ How it differs from VATP: VATP multiplies by ``||v||_1``, the value vector as
 cached, before the output projection, at prefill and at every decode step;
 CriticalKV measures the value after ``W_o``, i.e. the perturbation a token can
 cause in the layer's output, and spends half the budget on the attention
-score alone. Both can be combined (``--method criticalkv --apval``).
+score alone. Both can be combined (``--method criticalkv --apval``). It is also VATP's modifier with
+``value_norm="wo_l1"``, ``epsilon`` = 1e-4 per window query and ``two_stage`` 0.5 on SnapKV
+(:class:`~.value_aware.ValueAware`), which tests/test_value_terms.py checks.
 """
 from dataclasses import dataclass
 
 import torch
 
-from ..policy import group_to_kv_heads, rank_key
+from ..policy import first_stage
+from ..value_terms import output_weight, projected_l1
 from .base import Prompt
 from .snapkv import SnapKV
 
@@ -34,31 +37,12 @@ class CriticalKV(SnapKV):
 
     def prompt_scores(self, prompt: Prompt):
         scores = super().prompt_scores(prompt)  # (kv_heads, L): attention summed over the window's queries
-        length = scores.shape[1]
-        prefix = max(length - self.window, 0)
-        first = min(max(int(self.first_stage * prompt.budget.total) - self.window, 0), prefix)
-        positions = torch.arange(prefix, device=scores.device)
-        chosen = rank_key(scores[:, :prefix], positions).topk(first, dim=-1).indices  # ties to the older token
+        chosen = first_stage(scores, prompt.budget, self.first_stage)  # the window is the budget's recent part
         # epsilon is added to the window's mean attention, as kvpress's CriticalKVPress adds it
-        scores = (scores / min(self.window, length) + self.epsilon) * projected_value_norms(prompt).to(scores.dtype)
+        values = prompt.value[0]  # (kv_heads, L, dv)
+        norms = projected_l1(values, output_weight(prompt.module, values.shape[0], values.shape[2])).to(scores.dtype)
+        scores = (scores / min(self.window, scores.shape[1]) + self.epsilon) * norms
         return scores.scatter_(-1, chosen, torch.finfo(scores.dtype).max)
-
-
-def projected_value_norms(prompt: Prompt) -> torch.Tensor:
-    """(kv_heads, L) ``||W_o^h v||_1`` of each token's value, averaged over the query heads h of its GQA group.
-
-    ``W_o^h`` (dv, hidden) is head h's slice of ``o_proj``; one head at a time, so that only one (L, hidden)
-    product is alive.
-    """
-    if prompt.module is None or not hasattr(prompt.module, "o_proj"):
-        raise ValueError("criticalkv reads the attention layer's o_proj: call it through the model")
-    values = prompt.value[0]  # (kv_heads, L, dv)
-    weight = prompt.module.o_proj.weight  # (hidden, heads * dv)
-    heads = weight.shape[1] // values.shape[-1]
-    group = heads // values.shape[0]
-    norms = [torch.linalg.vector_norm(values[h // group] @ weight[:, h * values.shape[-1]:(h + 1) * values.shape[-1]].T,
-                                      ord=1, dim=-1, dtype=torch.float32) for h in range(heads)]
-    return group_to_kv_heads(torch.stack(norms), values.shape[0])
 
 
 METHOD = CriticalKV
