@@ -48,7 +48,7 @@ from vatp.longbench.prediction_files import RunIOError, open_no_link
 from vatp.longbench.runs import load_run_record
 from vatp.longbench.suite import MIN_TOKENS
 from vatp.longbench.suite import TASKS as SUITE
-from vatp.names import DTYPE_NAMES
+from vatp.names import DTYPE_NAMES, method_label, value_options
 
 TASKS = list(SUITE)  # the offline suite's default tasks
 METHODS = {  # name -> (label, pred.py flags), run in this order: the head-to-head of value weightings first
@@ -64,10 +64,46 @@ METHODS = {  # name -> (label, pred.py flags), run in this order: the head-to-he
     "knorm": ("KNorm", ["--method", "knorm"]),
     "streaming": ("StreamingLLM", ["--method", "streaming"]),
 }
+# RESULTS.md's "Which value term" (--value_terms): VATP's options on SnapKV and on H2O. The epsilon scaled to the
+# score range is 1e-4 per query summed, CriticalKV's 1e-4 on the mean attention: SnapKV sums its 32 window
+# queries (3.2e-3), H2O every prompt query, about 1,000 at these lengths (0.1). The last option, without sinks,
+# is CriticalKV's recipe: on SnapKV, the criticalkv method itself. Its first stage keeps about half the budget
+# beyond the recent window by attention alone: a share of 0.5 of the total on SnapKV (whose window is 32 tokens),
+# 0.75 on H2O (whose recent half would take all of 0.5).
+SCALED_EPSILON = {"snapkv": 32e-4, "h2o": 0.1}
+FIRST_STAGE = {"snapkv": 0.5, "h2o": 0.75}
+VALUE_OPTIONS = {  # tag -> base -> (vnorm, vepsilon, vstage, sinks kept)
+    "eps": lambda base: ("l1", 0.01, 0.0, True),
+    "eps_scaled": lambda base: ("l1", SCALED_EPSILON[base], 0.0, True),
+    "l2": lambda base: ("l2", 0.0, 0.0, True),
+    "wo_l1": lambda base: ("wo_l1", 0.0, 0.0, True),
+    "critical": lambda base: ("wo_l1", SCALED_EPSILON[base], FIRST_STAGE[base], False),
+}
+
+
+def value_term_variants() -> dict[str, tuple[str, list[str]]]:
+    """name -> (label, pred.py flags) of each value-term variant, ``snapkv_vatp_eps`` and so on."""
+    variants = {}
+    for base in SCALED_EPSILON:
+        for tag, options in VALUE_OPTIONS.items():
+            vnorm, epsilon, stage, sinks = options(base)
+            flags = [*METHODS[base][1], "--apval", *["--vnorm", vnorm] * (vnorm != "l1"),
+                     *["--vepsilon", str(epsilon)] * bool(epsilon), *["--vstage", str(stage)] * bool(stage),
+                     *["--sink_len", "0"] * (not sinks)]
+            variants[f"{base}_vatp_{tag}"] = (method_label(base, apval=True) + value_options(vnorm, epsilon, stage),
+                                              flags)
+    return variants
+
+
+VALUE_TERMS = value_term_variants()
+EVERY = METHODS | VALUE_TERMS
 # (baseline, value-aware variant): VATP's value weighting against CriticalKV's on the same scorer (SnapKV's
 # window scores times ||v||_1, against times ||W_o v||_1 with two stages), then VATP against its method.
 PAIRS = [("criticalkv", "snapkv_vatp"), ("snapkv", "snapkv_vatp"), ("h2o", "h2o_vatp"),
          ("scissorhands", "scissorhands_vatp"), ("tova", "tova_vatp")]
+# Each value-term variant against the paper's VATP and against no value term, on its base.
+VALUE_PAIRS = [(reference, name) for name in VALUE_TERMS for base in [name.split("_")[0]]
+               for reference in (f"{base}_vatp", base)]
 COLOURS = {"h2o": "C0", "scissorhands": "C2", "streaming": "C4", "snapkv": "C1", "tova": "C3", "criticalkv": "C5",
            "knorm": "C6"}  # a method and its VATP share one
 
@@ -105,8 +141,9 @@ def point_flags(name: str, budget: float, sink_len: int) -> list[str]:
     ``"full"``: the full cache."""
     if name == "full":
         return ["--heavy_ratio", "1.0"]
-    flags = METHODS[name][1]
-    sink = ["--sink_len", str(sink_len)] if "--apval" in flags or name == "streaming" else []
+    flags = EVERY[name][1]
+    has_sinks = ("--apval" in flags or name == "streaming") and "--sink_len" not in flags
+    sink = ["--sink_len", str(sink_len)] if has_sinks else []
     return ["--heavy_ratio", str(budget / 2), *flags, *sink]
 
 
@@ -167,7 +204,7 @@ def predict(args, data: Path, save: Path, flags: list[str]) -> Path | None:
 
 def pair_label(base: str, vatp: str) -> str:
     """``"H2O+VATP vs H2O"``."""
-    return f"{METHODS[vatp][0]} vs {METHODS[base][0]}"
+    return f"{EVERY[vatp][0]} vs {EVERY[base][0]}"
 
 
 def compare_pairs(samples: dict) -> tuple[dict, list[str]]:
@@ -176,7 +213,7 @@ def compare_pairs(samples: dict) -> tuple[dict, list[str]]:
     Returns ((base, vatp) -> task/Average -> Interval, and a note per pair whose runs hold different samples).
     """
     comparisons, problems = {}, []
-    for base, vatp in PAIRS:
+    for base, vatp in PAIRS + VALUE_PAIRS:
         if base in samples and vatp in samples:
             try:
                 comparisons[(base, vatp)] = paired_comparison(samples[base], samples[vatp])
@@ -190,7 +227,7 @@ def verdict_counts(comparisons: dict, tokens: list[int], budgets: list[float]) -
     lengths and budgets, for each pair compared at least once; ``comparisons`` maps
     (tokens, budget, base, vatp) -> task/Average -> Interval."""
     lines = ["| pair | task | wins | ties | losses |", "|---|---|---|---|---|"]
-    for base, vatp in PAIRS:
+    for base, vatp in PAIRS + VALUE_PAIRS:
         found = [comparisons[(n, b, base, vatp)] for n in tokens for b in budgets if (n, b, base, vatp) in comparisons]
         if not found:
             continue
@@ -288,14 +325,15 @@ def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found:
 
     runs, samples = [full_run] if full_run else [], {}
     for name in args.methods:
-        label = METHODS[name][0]
+        label = EVERY[name][0]
         folder = predict(args, data, point_folder(out, n, b, name), point_flags(name, b, args.sink_len))
         if folder is None:
             found.missing.append(f"{label} at ~{n} tokens, {round(100 * b)}% budget")
             continue
         run, samples[name] = scored_run(label, folder)
-        runs.append(run)
-        found.add_run((n, b, name), runs[-1], samples[name], folder)
+        found.add_run((n, b, name), run, samples[name], folder)
+        if name in METHODS:  # the value-term variants have their own page, value_terms.md
+            runs.append(run)
     if not runs:
         return
     comparisons, problems = compare_pairs(samples)
@@ -340,8 +378,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, nargs="+", default=[1000, 2000], help="context lengths (approx. tokens)")
     p.add_argument("--samples", type=int, default=4, help="samples per task and length")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.35, 0.5], help="KV budget, share of the prompt")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                   help="the methods to run and report, besides the full cache (default: all, in this order)")
+    p.add_argument("--methods", nargs="+", choices=list(EVERY), default=list(METHODS),
+                   help="the methods to run and report, besides the full cache (default: all but the value-term "
+                        "variants, in this order)")
+    p.add_argument("--value_terms", action="store_true",
+                   help="also run VATP's value-term variants on SnapKV and H2O (RESULTS.md's 'Which value term'), "
+                        "and write value_terms.md")
     p.add_argument("--sink_len", type=int, default=20, help="sinks of VATP and StreamingLLM (the paper's 20)")
     p.add_argument("--backend", default="mask", choices=["mask", "evict"])
     p.add_argument("--batch_size", type=int, default=1, help="pred.py's --batch_size (the predictions do not change)")
@@ -354,7 +396,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     only.add_argument("--report_only", action="store_true",
                       help="generate nothing; score and report the points whose predictions are complete")
     only.add_argument("--predict_only", action="store_true", help="only generate: no eval.py, no report")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.value_terms:  # the variants, and what they are compared with
+        args.methods += [m for m in ("snapkv", "snapkv_vatp", "criticalkv", "h2o", "h2o_vatp", *VALUE_TERMS)
+                         if m not in args.methods]
+    return args
 
 
 def check_args(args) -> None:
