@@ -30,6 +30,11 @@ against its baseline), a report (``vatp.analysis.report``) per length and
 budget, ``OUT/averages.png`` (average score against budget, per length, with
 bootstrap 95% error bars over prompts), ``OUT/scores.json`` and
 ``OUT/intervals.json`` (the intervals behind the tables and error bars).
+
+``--value_terms`` adds VATP's value-term variants on SnapKV and H2O (the options of
+:class:`vatp.methods.value_aware.ValueAware`: epsilon, L2, the value projected through ``o_proj``,
+CriticalKV's recipe) and writes ``OUT/value_terms.md`` and ``OUT/value_terms.png``
+(:mod:`vatp.analysis.value_terms_page`): each variant against the paper's VATP and against no value term.
 """
 from __future__ import annotations
 
@@ -339,7 +344,7 @@ def budget_point(args, data: Path, out: Path, n: int, b: float, full_run, found:
     comparisons, problems = compare_pairs(samples)
     found.problems += [f"~{n} tokens, {round(100 * b)}% budget, {p}" for p in problems]
     found.comparisons |= {(n, b, *pair): c for pair, c in comparisons.items()}
-    paired = [(pair_label(*pair), c) for pair, c in comparisons.items()]
+    paired = [(pair_label(*pair), c) for pair, c in comparisons.items() if pair in PAIRS]  # variants: value_terms.md
     write_report(runs, out / f"report_t{n}_b{b}", paired)
     found.sections.append(f"### ~{n}-token contexts, {round(100 * b)}% budget\n\n{markdown_table(runs)}\n\n"
                           + (f"{paired_table(paired)}\n\n" if paired else "")
@@ -360,6 +365,33 @@ def study_text(args, command: str, found: Findings) -> str:
             + "\n".join(verdict_counts(found.comparisons, args.tokens, args.budgets)) + "\n"
             + ("\nNot run: " + "; ".join(found.missing) + ".\n" if found.missing else "")
             + ("\nNot compared: " + "; ".join(found.problems) + "\n" if found.problems else ""))
+
+
+VALUE_TERM_ROWS = {  # the value-term page's rows: what each variant weights by -> base -> run
+    "none (the method alone)": {base: base for base in SCALED_EPSILON},
+    "‖v‖₁: the paper's VATP (sinks 20)": {base: f"{base}_vatp" for base in SCALED_EPSILON},
+    **{label: {base: f"{base}_vatp_{tag}" for base in SCALED_EPSILON} for tag, label in (
+        ("eps", "(s + 0.01)·‖v‖₁"),
+        ("eps_scaled", "(s + ε)·‖v‖₁, ε scaled: 1e-4 per query summed (SnapKV 3.2e-3, H2O 0.1)"),
+        ("l2", "‖v‖₂"),
+        ("wo_l1", "‖W_o v‖₁"),
+        ("critical", "(s + ε scaled)·‖W_o v‖₁, two stages, no sinks: CriticalKV's recipe"))},
+    "CriticalKV, the method": {"snapkv": "criticalkv"},
+}
+
+
+def value_terms_text(args, command: str, found: Findings, chart: Path) -> str:
+    """value_terms.md: the value-term variants against the paper's VATP and against no value term; draws ``chart``."""
+    from vatp.analysis import value_terms_page
+
+    bases = [value_terms_page.Base(base, f"{base}_vatp", [v for v in VALUE_TERMS if v.startswith(f"{base}_vatp_")
+                                                          and v in args.methods]) for base in SCALED_EPSILON]
+    labels = {name: label for name, (label, _) in EVERY.items()}
+    points = [(n, b) for n in args.tokens for b in args.budgets]
+    value_terms_page.forest_chart(found.comparisons, bases, points, labels, chart)
+    return (f"# Which value term? VATP's options on SnapKV and H2O\n\nCommand: `python scripts/study.py {command}`"
+            f"\n\n" + value_terms_page.page(found.scores, found.comparisons, bases, points, labels, VALUE_TERM_ROWS,
+                                            chart.name))
 
 
 def intervals_json(found: Findings) -> str:
@@ -476,6 +508,8 @@ def study(args, command: str) -> int:
     write_text_file(out / "scores.json", json.dumps({f"{n}|{b}|{m}": s for (n, b, m), s in found.scores.items()},
                                                     indent=1))
     write_text_file(out / "intervals.json", intervals_json(found))
+    if set(VALUE_TERMS) & set(args.methods):
+        write_text_file(out / "value_terms.md", value_terms_text(args, command, found, out / "value_terms.png"))
     print(text)
     return 0
 

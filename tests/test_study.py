@@ -120,6 +120,30 @@ def test_report_only_study_pairs_the_finished_runs(tmp_path):
     assert h2o["Average"]["verdict"] == "win"
 
 
+def test_value_terms_pairs_each_variant_with_the_papers_vatp_and_with_no_value_term(tmp_path):
+    """The variants' page from finished made-up runs: averages, paired differences both ways, verdicts, chart;
+    the per-budget report keeps the main grid."""
+    study, model = _study(), "tiny-model"
+    for name, right in {"full": lambda i: True, "snapkv": lambda i: i % 2 == 0, "snapkv_vatp": lambda i: i < 3,
+                        "snapkv_vatp_l2": lambda i: True, "h2o": lambda i: False, "h2o_vatp": lambda i: False}.items():
+        _finished_run(tmp_path / "t1000" / ("full" if name == "full" else f"{name}_b0.5") / model, right)
+    assert study.main(["--out", str(tmp_path), "--model", model, "--tokens", "1000", "--budgets", "0.5",
+                       "--report_only", "--value_terms"]) == 0
+    page = (tmp_path / "value_terms.md").read_text()
+    assert "| none (the method alone) | 50.00 | 0.00 |" in page
+    assert "| ‖v‖₂ | 100.00 |  |" in page
+    vatp_rows = page.split("### Against the paper's VATP")[1].split("### Against no value term")[0]
+    assert "| none (the method alone) | +0.00 [" in vatp_rows  # 3 of 6 right each, other samples
+    assert "| ‖v‖₂ | +50.00 [" in vatp_rows and " win |" in vatp_rows
+    none_rows = page.split("### Against no value term")[1].split("### Wins")[0]
+    assert "| ‖v‖₂ | +50.00 [" in none_rows and "| ‖v‖₁: the paper's VATP (sinks 20) | +0.00 [" in none_rows
+    assert "| SnapKV+VATP[l2] | VATP | 5 | 0 | 0 |" in page and "| SnapKV+VATP[l2] | no value term | 5 | 0 | 0 |" in page
+    assert "#### SnapKV, ~1000 tokens, 50% budget" in page and "SnapKV+VATP[l2] − SnapKV+VATP |" in page
+    assert (tmp_path / "value_terms.png").stat().st_size > 10_000
+    assert "[l2]" not in (tmp_path / "report_t1000_b0.5" / "report.md").read_text()
+    assert "SnapKV+VATP[l2] vs SnapKV+VATP" in (tmp_path / "study.md").read_text()  # in the verdict counts
+
+
 def test_methods_runs_and_reports_only_those(tmp_path):
     study, model = _study(), "tiny-model"
     _finished_run(tmp_path / "t1000" / "full" / model, lambda i: True)
