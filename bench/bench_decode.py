@@ -22,6 +22,9 @@ model is measured between a pre-hook and a hook on the model:
   ``--clock cpu`` the process's CPU time, which other processes on a shared machine
   barely move (use it with ``--threads 1``).
 
+``--vnorms`` runs VATP with each value term (``l1``, the paper's, by default; ``wo_l1`` adds one
+product of the new token's value with ``o_proj`` per layer and step), ``--vepsilon`` with an epsilon.
+
 Only the public API is used (``vatp.enable``). Writes ``OUT.json``, ``OUT.md`` and ``OUT.png``.
 """
 from __future__ import annotations
@@ -75,16 +78,19 @@ def measure(model, ids, mask, new_tokens: int, device: str, clock=time.perf_coun
             "ms": 1000 * statistics.median(s[2] for s in steady)}
 
 
-def variants(methods: list[str], apval: list[bool]) -> list[tuple[str, bool]]:
-    """Each method with and without VATP, where VATP applies (methods whose scores are attention)."""
+def variants(methods: list[str], apval: list[bool], vnorms: list[str], epsilon: float) -> list[dict]:
+    """vatp's settings of each method with and without VATP, where VATP applies (methods whose scores are
+    attention), VATP with each value term in ``vnorms`` and ``epsilon``."""
     from vatp.methods import method_class
 
-    return [(m, a) for m in methods for a in apval if not a or method_class(m).scores.is_attention]
+    plain = [dict(method=m) for m in methods if False in apval]
+    weighted = [dict(method=m, apval=True, value_norm=v, epsilon=epsilon) for m in methods for v in vnorms
+                if True in apval and method_class(m).scores.is_attention]
+    return sorted(plain + weighted, key=lambda v: methods.index(v["method"]))
 
 
 def run(args) -> list[dict]:
     import vatp
-    from vatp.names import method_label
 
     import torch
 
@@ -100,15 +106,15 @@ def run(args) -> list[dict]:
             point = measure(model, ids, mask, args.new_tokens, args.device, clock)
             full = point if full["ops"] == 0 or point["ms"] < full["ms"] else full
         rows.append({"variant": "full cache", "backend": "-", "batch": batch, **full, "x_full": 1.0})
-        for method, apval in variants(args.methods, args.apval):
+        for settings in variants(args.methods, args.apval, args.vnorms, args.vepsilon):
             for backend in args.backends:
                 best = None
-                with vatp.enabled(model, method=method, apval=apval, heavy_ratio=args.heavy_ratio,
-                                  sink_len=args.sink_len, backend=backend):
+                with vatp.enabled(model, heavy_ratio=args.heavy_ratio, sink_len=args.sink_len, backend=backend,
+                                  **settings) as session:
                     for _ in range(args.repeats):
                         point = measure(model, ids, mask, args.new_tokens, args.device, clock)
                         best = point if best is None or point["ms"] < best["ms"] else best
-                rows.append({"variant": method_label(method, apval), "backend": backend, "batch": batch, **best,
+                rows.append({"variant": session.method.label, "backend": backend, "batch": batch, **best,
                              "x_full": round(best["ms"] / full["ms"], 2)})
                 print(rows[-1], flush=True)
     return rows
@@ -150,7 +156,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    from vatp.names import BACKENDS, METHODS
+    from vatp.names import BACKENDS, METHODS, VALUE_NORMS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_arguments(p)
@@ -162,6 +168,9 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--apval", type=lambda s: s == "1", nargs="+", default=[False, True],
                    help="1: with VATP, 0: without (default both)")
+    p.add_argument("--vnorms", nargs="+", choices=VALUE_NORMS, default=["l1"],
+                   help="VATP's value terms to run (default the paper's l1; wo_l1 adds a product with o_proj)")
+    p.add_argument("--vepsilon", type=float, default=0.0, help="VATP's epsilon (default 0, the paper's)")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     p.add_argument("--heavy_ratio", type=float, default=0.25)
     p.add_argument("--sink_len", type=int, default=4)

@@ -40,13 +40,18 @@ def test_decode_bench_counts_ops_and_syncs_per_step(tmp_path):
     out = tmp_path / "decode"
     subprocess.run([sys.executable, "bench/bench_decode.py", "--shape", "tiny", "--length", "96", "--spread", "16",
                     "--new_tokens", "3", "--batches", "1", "2", "--methods", "h2o", "snapkv", "--apval", "1",
-                    "--repeats", "1", "--out", str(out)], check=True, cwd=REPO, capture_output=True)
+                    "--vnorms", "l1", "wo_l1", "--repeats", "1", "--out", str(out)], check=True, cwd=REPO,
+                   capture_output=True)
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert len(rows) == 2 * (1 + 2 * 2)  # per batch size: the full cache, 2 methods x 2 backends
+    assert len(rows) == 2 * (1 + 2 * 2 * 2)  # per batch size: the full cache, 2 methods x 2 value terms x 2 backends
     ops = {(r["variant"], r["backend"], r["batch"]): r["ops"] for r in rows}
-    for variant in ("H2O+VATP", "SnapKV+VATP"):
+    for variant in ("H2O+VATP", "SnapKV+VATP", "H2O+VATP[wo_l1]", "SnapKV+VATP[wo_l1]"):
         for backend in ("mask", "evict"):
             assert ops[(variant, backend, 2)] <= 1.25 * ops[(variant, backend, 1)]  # no op per row
+    for backend in ("mask", "evict"):  # the projected norm: a few ops per layer where decode steps decide
+        assert ops[("SnapKV+VATP[wo_l1]", backend, 1)] == ops[("SnapKV+VATP", backend, 1)]
+        assert 0 < ops[("H2O+VATP[wo_l1]", backend, 1)] - ops[("H2O+VATP", backend, 1)] <= 0.1 * ops[
+            ("H2O+VATP", backend, 1)]
     assert all(r["syncs"] <= 1 for r in rows)  # the full cache's one (transformers'), no more
     assert out.with_suffix(".png").stat().st_size > 10_000
 

@@ -1,4 +1,4 @@
-"""visual.ipynb runs headless on the embedded model and shows its three figures.
+"""visual.ipynb runs headless on the embedded model and shows its five figures.
 
 The notebook is executed in memory with nbclient and never written back, so
 the committed copy stays clean.
@@ -14,7 +14,7 @@ from conftest import HANG_S, REPO
 pytestmark = pytest.mark.slow  # runs subprocesses
 
 NOTEBOOK = REPO / "visual.ipynb"
-FIGURES = 4  # value norms, attention heatmap, kept tokens, attention against value norm per layer
+FIGURES = 5  # value norms, attention heatmap, kept tokens, attention against value norm per layer, the two value terms
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_committed_notebook_is_clean():
     assert 'model_name = "smollm2-135m-instruct"' in code[0].source
 
 
-def test_notebook_shows_its_four_figures(executed):
+def test_notebook_shows_its_five_figures(executed):
     outputs = [out for cell in executed.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     images = [out for out in outputs if "image/png" in out.get("data", {})]

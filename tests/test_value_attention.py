@@ -186,3 +186,67 @@ def test_embedded_measure_matches_probe(embedded):
     assert [(t, i) for t, i, _ in prompts] == [("offline_qa", 0), ("offline_retrieval", 0), ("offline_code", 0),
                                                ("offline_qa", 1)]
     assert all(200 < p.shape[1] < 600 for _, _, p in prompts)
+
+
+def test_measure_of_the_projected_value_term_is_its_definition(model, ids):
+    """||W_o^h v||_1 from the cache's values and o_proj's columns of query head h, the mean over each GQA group."""
+    _, projected = value_attention.measure(model, ids, [0, 2], "wo_l1")
+    values = eager_forward(model, ids).past_key_values
+    group, d = HEADS // KV_HEADS, model.config.head_dim
+    for i, layer in enumerate((0, 2)):
+        o_proj = model.model.layers[layer].self_attn.o_proj.weight
+        expected = torch.stack([(values.layers[layer].values[0, h // group] @ o_proj[:, h * d:(h + 1) * d].T)
+                                .abs().sum(dim=-1) for h in range(HEADS)]).view(KV_HEADS, group, L).mean(dim=1)
+        torch.testing.assert_close(projected[i], expected)
+    with pytest.raises(ValueError, match="unknown value_norm 'l3'"):
+        value_attention.measure(model, ids, [0], "l3")
+
+
+def test_projected_values_on_made_up_terms():
+    """A term that is a multiple of the other ranks alike and keeps the same tokens; a reversed one does not."""
+    from vatp.analysis import projected_values
+
+    attention = torch.ones(1, 2, 40)  # (layers, kv_heads, L): attention alike, so the terms decide
+    l1 = torch.arange(1.0, 41.0).expand(1, 2, 40)
+    same = {"attention": attention, "l1": l1, "wo_l1": 3 * l1}
+    stats = projected_values.layer_stats([same], 0)
+    assert stats["spearman"] == pytest.approx(1.0) and stats["spearman_after_sinks"] == pytest.approx(1.0)
+    assert stats["kept_agreement"] == {"0.2": 1.0, "0.5": 1.0}
+    assert stats["share"]["4"]["l1"] == pytest.approx(stats["share"]["4"]["wo_l1"]) == pytest.approx(10 / 820)
+    reversed_ = projected_values.layer_stats([{**same, "wo_l1": l1.flip(-1)}], 0)
+    assert reversed_["spearman"] == pytest.approx(-1.0)
+    assert reversed_["kept_agreement"] == {"0.2": 0.0, "0.5": 0.0}  # the 8 (20) largest against the 8 (20) smallest
+    almost = l1.clone()
+    almost[..., [0, 39]] = almost[..., [39, 0]]  # the best and the worst token swap
+    assert projected_values.layer_stats([{**same, "wo_l1": almost}], 0)["kept_agreement"]["0.2"] == 7 / 8
+
+
+def test_projected_values_cli_writes_png_json_markdown(model, monkeypatch, tmp_path):
+    from vatp.analysis import projected_values
+
+    g = torch.Generator().manual_seed(3)
+    monkeypatch.setattr("vatp.longbench.models.load_model_and_tokenizer", lambda *args: (model, None))
+    monkeypatch.setattr(value_attention, "suite_prompts", lambda tokenizer, name, max_length, count, tokens, tasks: [
+        ("offline_qa", i, torch.randint(0, 128, (1, 25 + i), generator=g)) for i in range(count)])
+    out = tmp_path / "pv"
+    assert projected_values.main(["--prompts", "2", "--layers", "0", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "projected_values.json").read_text())
+    assert report["layer_ids"] == [0, 2] and len(report["layers"]) == 2
+    text = (out / "projected_values.md").read_text()
+    assert "python -m vatp.analysis.projected_values --prompts 2" in text and text.count("\n| ") == 3
+    assert (out / "projected_values.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("tool", ["value_attention", "projected_values"])
+def test_a_model_that_does_not_load_is_one_line_and_status_2(tool, monkeypatch, capsys, tmp_path):
+    import importlib
+
+    from vatp.longbench.models import ModelLoadError
+
+    def refuse(*args):
+        raise ModelLoadError("no weights at /nowhere")
+
+    monkeypatch.setattr("vatp.longbench.models.load_model_and_tokenizer", refuse)
+    assert importlib.import_module(f"vatp.analysis.{tool}").main(["--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == f"{tool}: error: no weights at /nowhere\n"
+    assert not (tmp_path / "x").exists()

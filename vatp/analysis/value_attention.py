@@ -45,7 +45,8 @@ from matplotlib.lines import Line2D
 from . import probe
 from .output import save_figure, write_text_file
 from .. import hook, policy
-from ..names import DTYPE_NAMES
+from ..names import DTYPE_NAMES, VALUE_NORMS, check_choice
+from ..value_terms import output_weight, value_norms
 
 DEFAULT_TASKS = ("offline_qa", "offline_retrieval", "offline_code")
 SINK_LENS = (4, 20)  # StreamingLLM's 4 sinks; the paper's sink_len 20
@@ -75,18 +76,21 @@ def _keep_column_sums(found: dict, layer: int, module, args, output) -> None:
     found[("attention", layer)] = probs[0].float().sum(dim=-2)
 
 
-def _keep_value_norms(found: dict, layer: int, kv_heads: int, module, args, output) -> None:
-    """Forward hook on ``v_proj``: store each token's value L1 norm, (kv_heads, L)."""
-    values = output[0].view(output.shape[1], kv_heads, -1).transpose(0, 1)  # (kv_heads, L, head_dim)
-    found[("value_norm", layer)] = policy.value_l1_norm(values.float())
+def _keep_value_norms(found: dict, layer: int, kv_heads: int, kind: str, attention, module, args, output) -> None:
+    """Forward hook on ``v_proj``: store each token's value term ``kind`` (:mod:`vatp.value_terms`), (kv_heads, L)."""
+    values = output[0].view(output.shape[1], kv_heads, -1).transpose(0, 1).float()  # (kv_heads, L, head_dim)
+    weight = output_weight(attention, kv_heads, values.shape[-1]).float() if kind == "wo_l1" else None
+    found[("value_norm", layer)] = value_norms(values, kind, weight)
 
 
-def measure(model, input_ids: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accumulated attention and value L1 norms of the prompt's tokens in ``layers``.
+def measure(model, input_ids: torch.Tensor, layers: list[int], value_norm: str = "l1") -> tuple[torch.Tensor,
+                                                                                                torch.Tensor]:
+    """Accumulated attention and value terms of the prompt's tokens in ``layers``.
 
     input_ids (1, L) -> two float32 tensors (len(layers), kv_heads, L): the
     attention each token receives summed over all L queries (the mean over
-    the query heads of its KV group), and its value vector's L1 norm. One
+    the query heads of its KV group), and its value vector's ``value_norm``
+    (``"l1"``, the paper's; ``"l2"``; ``"wo_l1"``, projected through ``o_proj``). One
     forward, eager attention, stopped after the last layer asked for; the
     model is left as it was.
     """
@@ -94,6 +98,7 @@ def measure(model, input_ids: torch.Tensor, layers: list[int]) -> tuple[torch.Te
         raise ValueError("the model is VATP-enabled: call vatp.disable(model) before inspecting it")
     if not layers:
         raise ValueError("no layers asked for")
+    check_choice("value_norm", value_norm, VALUE_NORMS)
     kv_heads = model.config.num_key_value_heads
     modules = {layer: probe._attention(model, layer) for layer in layers}  # refuses a layer out of range
 
@@ -101,7 +106,8 @@ def measure(model, input_ids: torch.Tensor, layers: list[int]) -> tuple[torch.Te
         handles = []
         for layer, attn in modules.items():
             handles.append(attn.register_forward_hook(partial(_keep_column_sums, found, layer)))
-            handles.append(attn.v_proj.register_forward_hook(partial(_keep_value_norms, found, layer, kv_heads)))
+            handles.append(attn.v_proj.register_forward_hook(partial(_keep_value_norms, found, layer, kv_heads,
+                                                                     value_norm, attn)))
         return handles
 
     with _eager(model):
@@ -319,12 +325,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None, prog: str = "python -m vatp.analysis.value_attention",
+               description: str = "Per layer: accumulated attention vs value L1 norm on offline-suite prompts (rank "
+                                  "correlation, first tokens' shares).") -> argparse.Namespace:
+    """The flags of this module, and of :mod:`vatp.analysis.projected_values` (its ``prog`` and ``description``)."""
     from ..longbench.suite import TASKS
 
-    parser = argparse.ArgumentParser(prog="python -m vatp.analysis.value_attention",
-                                     description="Per layer: accumulated attention vs value L1 norm on "
-                                                 "offline-suite prompts (rank correlation, first tokens' shares).")
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="a name from config/model2path.json")
     parser.add_argument("--prompts", type=int, default=3, help="how many prompts (cycling over --tasks)")
     parser.add_argument("--tokens", type=int, default=1000, help="approximate prompt size, as the suite's")
@@ -372,7 +379,10 @@ def main(argv=None) -> int:
         write_text_file(args.out / "value_attention.md", markdown(report))
     except (ModelLoadError, ValueError, OSError) as err:
         print(f"value_attention: error: {err}", file=sys.stderr)
-        return 1
+        return 2
+    except KeyboardInterrupt:
+        print("value_attention: interrupted; rerun the same command", file=sys.stderr)
+        return 130
     print(markdown(report))
     return 0
 
