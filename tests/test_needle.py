@@ -106,6 +106,27 @@ def test_variants_and_their_settings():
     assert by_label[("StreamingLLM", 0.5)]["sink_len"] == 20
 
 
+def test_a_value_term_adds_a_vatp_variant_beside_the_papers_and_pairs_it_with_both():
+    """Made-up answers at one length: SnapKV finds depth 0, the paper's VATP depths 0 and 50, VATP with the
+    projected value every depth."""
+    grid = needle.NeedleGrid(lengths=(1000,), depths=(0, 50, 100), budgets=(0.5,), methods=("snapkv",),
+                             value_term=("wo_l1", 0.01, 0.0))
+    assert grid.columns() == ["Full cache", "SnapKV", "SnapKV+VATP", "SnapKV+VATP[wo_l1, eps=0.01]"]
+    other = grid.variants()[-1]
+    assert other.settings(20, "evict") == {"method": "snapkv", "apval": True, "heavy_ratio": 0.25, "sink_len": 20,
+                                           "backend": "evict", "value_norm": "wo_l1", "epsilon": 0.01,
+                                           "two_stage": 0.0}
+    found = {"SnapKV": (1, 0, 0), "SnapKV+VATP": (1, 1, 0), "SnapKV+VATP[wo_l1, eps=0.01]": (1, 1, 1)}
+    results = [{"label": label, "budget": 0.5, "length": 1000, "depth": d, "score": score}
+               for label, scores in found.items() for d, score in zip((0, 50, 100), scores)]
+    labels = {label: round(c["1000 tokens"].mean, 2) for label, c in needle.vatp_comparisons(results, grid)}
+    assert labels == {"SnapKV+VATP vs SnapKV, 50% budget": 33.33,
+                      "SnapKV+VATP[wo_l1, eps=0.01] vs SnapKV+VATP, 50% budget": 33.33,
+                      "SnapKV+VATP[wo_l1, eps=0.01] vs SnapKV, 50% budget": 66.67}
+    with pytest.raises(ValueError, match="epsilon must be"):
+        needle.NeedleGrid(value_term=("l1", -1.0, 0.0))
+
+
 @pytest.mark.parametrize("bad", [{"depths": (0, 110)}, {"budgets": (1.0,)}, {"methods": ("nope",)},
                                  {"backend": "nope"}, {"lengths": ()}])
 def test_grid_rejects_bad_settings(bad):

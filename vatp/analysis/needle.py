@@ -25,7 +25,9 @@ its reference, one colour scale for all; and writes ``OUT/needle.md``: the
 needles found per variant, budget and length, and each VATP variant against
 its method on the same prompts (:mod:`vatp.analysis.paired`: the mean
 difference in percentage points with its paired bootstrap interval, per length
-and averaged over lengths).
+and averaged over lengths). ``--vnorm``, ``--vepsilon`` and ``--vstage`` (pred.py's
+value-term options of VATP) add each method's VATP with those options beside the
+paper's, paired with it and with the method.
 """
 from __future__ import annotations
 
@@ -51,7 +53,9 @@ from ..longbench.jsonl import BadLine, read_jsonl
 from ..longbench.prediction_files import RunIOError, open_no_link, refuse_links
 from ..longbench.prompts import build_chat, decode, generation_kwargs, uses_template
 from ..longbench.suite import sources
-from ..names import BACKENDS, DTYPE_NAMES, METHODS, check_choice, method_label
+from ..methods import get_method
+from ..methods.value_aware import ValueAware
+from ..names import BACKENDS, DTYPE_NAMES, METHODS, VALUE_NORMS, check_choice, method_label, value_options
 from .output import save_figure, write_text_file
 from .paired import PairingError, paired_comparison
 from .report import paired_caption, paired_table
@@ -70,23 +74,29 @@ RUN_KEYS = ("model", "dtype", "sink_len", "max_new_tokens")
 RESULT_FIELDS = {"label": str, "budget": (int, float), "length": int, "depth": int, "score": int}
 
 
+PAPERS_VALUE_TERM = ("l1", 0.0, 0.0)  # VATP's value_norm, epsilon and two_stage, as the paper has them
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One column of the heatmaps: a method (None: the full cache), with VATP or not, at a budget."""
+    """One column of the heatmaps: a method (None: the full cache), with VATP or not (with its value-term
+    options: ``value_norm``, ``epsilon``, ``two_stage``), at a budget."""
 
     method: str | None
     apval: bool = False
     budget: float = 1.0
+    value_term: tuple[str, float, float] = PAPERS_VALUE_TERM
 
     @property
     def label(self) -> str:
-        return FULL if self.method is None else method_label(self.method, self.apval)
+        return FULL if self.method is None else method_label(self.method, self.apval) + value_options(*self.value_term)
 
     def settings(self, sink_len: int, backend: str) -> dict:
         """:func:`vatp.enable`'s settings; sinks with VATP and StreamingLLM, as pred.py."""
         sinks = sink_len if self.apval or self.method == "streaming" else 0
+        options = dict(zip(("value_norm", "epsilon", "two_stage"), self.value_term)) if self.apval else {}
         return {"method": self.method, "apval": self.apval, "heavy_ratio": self.budget / 2,
-                "sink_len": sinks, "backend": backend}
+                "sink_len": sinks, "backend": backend, **options}
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class NeedleGrid:
     sink_len: int = 20
     backend: str = "evict"
     max_new_tokens: int = 24  # the model answers "The secret number of ... is 48213": ~16 tokens
+    value_term: tuple[str, float, float] = PAPERS_VALUE_TERM  # another: a VATP variant beside the paper's
 
     def __post_init__(self):
         for name in ("lengths", "depths", "budgets", "methods"):
@@ -118,12 +129,15 @@ class NeedleGrid:
         check_choice("backend", self.backend, BACKENDS)
         if self.sink_len < 0 or self.max_new_tokens < 1:
             raise ValueError("sink_len must be >= 0 and max_new_tokens >= 1")
+        ValueAware(get_method("h2o"), *self.value_term)  # refuses options VATP does not have
 
     def variants(self) -> list[Variant]:
         """The full cache, then per budget each method and (except StreamingLLM, which scores nothing
-        for VATP to weight) its VATP variant."""
-        return [Variant(None)] + [Variant(m, apval, b) for b in self.budgets for m in self.methods
-                                  for apval in ((False,) if m == "streaming" else (False, True))]
+        for VATP to weight) its VATP variant, and its VATP with ``value_term`` where that is not the paper's."""
+        terms = [PAPERS_VALUE_TERM] + [self.value_term] * (self.value_term != PAPERS_VALUE_TERM)
+        return [Variant(None)] + [v for b in self.budgets for m in self.methods
+                                  for v in [Variant(m, False, b)] + [Variant(m, True, b, t) for t in terms]
+                                  if not (v.apval and m == "streaming")]
 
     def columns(self) -> list[str]:
         """Heatmap panel labels in column order."""
@@ -382,8 +396,9 @@ def found_counts(results: list[dict], grid: NeedleGrid) -> str:
 
 
 def vatp_comparisons(results: list[dict], grid: NeedleGrid) -> list[tuple[str, dict]]:
-    """Each VATP variant minus its method on the same prompts, per budget: (label, length -> Interval),
-    in percentage points found; a length counts only once both have answered all of its depths."""
+    """Each VATP variant minus its method on the same prompts, per budget, and a VATP with other value-term
+    options minus the paper's VATP and minus the method: (label, length -> Interval), in percentage points
+    found; a length counts only once both have answered all of its depths."""
     def by_length(label: str, budget: float) -> dict:
         points = {}
         for r in results:
@@ -396,16 +411,21 @@ def vatp_comparisons(results: list[dict], grid: NeedleGrid) -> list[tuple[str, d
         for method in grid.methods:
             if method == "streaming":
                 continue
-            base, vatp = by_length(method_label(method, False), budget), by_length(method_label(method, True), budget)
-            shared = sorted(set(base) & set(vatp), key=lambda n: int(n.split()[0]))
-            if not shared:
-                continue
-            try:
-                found = paired_comparison({n: base[n] for n in shared}, {n: vatp[n] for n in shared})
-            except PairingError:  # the same depths were asked of both: a changed grid, not a result
-                continue
-            comparisons.append((f"{method_label(method, True)} vs {method_label(method, False)}, "
-                                f"{round(100 * budget)}% budget", found))
+            plain, vatp = Variant(method, False, budget), Variant(method, True, budget)
+            pairs = [(plain, vatp)]
+            if grid.value_term != PAPERS_VALUE_TERM:
+                other = Variant(method, True, budget, grid.value_term)
+                pairs += [(vatp, other), (plain, other)]
+            for first, second in pairs:
+                base, variant = by_length(first.label, budget), by_length(second.label, budget)
+                shared = sorted(set(base) & set(variant), key=lambda n: int(n.split()[0]))
+                if not shared:
+                    continue
+                try:
+                    found = paired_comparison({n: base[n] for n in shared}, {n: variant[n] for n in shared})
+                except PairingError:  # the same depths were asked of both: a changed grid, not a result
+                    continue
+                comparisons.append((f"{second.label} vs {first.label}, {round(100 * budget)}% budget", found))
     return comparisons
 
 
@@ -433,6 +453,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(defaults.methods), choices=list(METHODS))
     p.add_argument("--backend", default=defaults.backend, choices=BACKENDS)
     p.add_argument("--sink_len", type=int, default=defaults.sink_len, help="sinks of VATP and StreamingLLM")
+    p.add_argument("--vnorm", choices=VALUE_NORMS, default=PAPERS_VALUE_TERM[0],
+                   help="with --vepsilon and --vstage (pred.py's): also run each method's VATP with these value-term "
+                        "options, beside the paper's")
+    p.add_argument("--vepsilon", type=float, default=PAPERS_VALUE_TERM[1])
+    p.add_argument("--vstage", type=float, default=PAPERS_VALUE_TERM[2])
     p.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens)
     p.add_argument("--model", default="smollm2-135m-instruct", help="a name from config/model2path.json")
     p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
@@ -465,7 +490,7 @@ def run_grid(args) -> None:
     from ..longbench.models import load_model_and_tokenizer
 
     grid = NeedleGrid(tuple(args.lengths), tuple(args.depths), tuple(args.budgets), tuple(args.methods),
-                      args.sink_len, args.backend, args.max_new_tokens)
+                      args.sink_len, args.backend, args.max_new_tokens, (args.vnorm, args.vepsilon, args.vstage))
     run = {"model": args.model, "dtype": args.dtype, "sink_len": args.sink_len, "max_new_tokens": args.max_new_tokens}
     path = args.out / RESULTS
     refuse_links([path])  # (appending through one would write, and cutting a partial line truncate, its target)
