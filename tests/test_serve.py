@@ -173,3 +173,10 @@ def test_a_setting_the_engine_refuses_stops_the_server_before_it_serves(folder):
     done = subprocess.run([sys.executable, "-m", "vatp.serve", "--model", str(folder), "--port", str(free_port()),
                            "--method", "snapkv", "--adakv"], cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 2 and "vatp.serve: error: AdaKV" in done.stderr and "drop adakv" in done.stderr
+
+
+def test_value_term_options_without_vatp_stop_the_server_before_it_serves(folder):
+    done = subprocess.run([sys.executable, "-m", "vatp.serve", "--model", str(folder), "--port", str(free_port()),
+                           "--h2o", "--vepsilon", "0.1"], cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
+    assert done.returncode == 2 and "vatp.serve: error: value_norm, epsilon and two_stage are options of VATP" in \
+        done.stderr

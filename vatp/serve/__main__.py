@@ -38,6 +38,11 @@ def parse_args(argv=None):
                         help="budget ratio in (0, 1]: 0.25 is a 50%% budget (default), 1.0 serves the full cache")
     method.add_argument("--apval", action="store_true", help="VATP: weight scores by value L1 norms, keep the sinks")
     method.add_argument("--sink_len", type=int, default=0, help="leading tokens always kept (with --apval)")
+    method.add_argument("--vnorm", choices=names.VALUE_NORMS, default="l1",
+                        help="VATP's value term (with --apval): l1 (the paper's), l2 or wo_l1 (||W_o v||_1)")
+    method.add_argument("--vepsilon", type=float, default=0.0, help="VATP scores (s + EPS) * norm (with --apval)")
+    method.add_argument("--vstage", type=float, default=0.0,
+                        help="the share of the budget kept by the method's score alone (with --apval)")
     method.add_argument("--adakv", action="store_true", help="AdaKV's head budgets (refused by the engine)")
     pool = p.add_argument_group("the block pool of the engine")
     pool.add_argument("--block_size", type=int, default=32, help="tokens per block")
@@ -73,7 +78,8 @@ def serve(args) -> int:
     if args.h2o and args.method not in (None, "h2o"):
         raise UsageError(f"--h2o picks H2O but --method says {args.method}; give one of them")
     settings = dict(method=args.method or names.paper_method(args.h2o), apval=args.apval, adakv=args.adakv,
-                    sink_len=args.sink_len, heavy_ratio=args.heavy_ratio)
+                    sink_len=args.sink_len, heavy_ratio=args.heavy_ratio, value_norm=args.vnorm,
+                    epsilon=args.vepsilon, two_stage=args.vstage)
     try:
         config = None if args.heavy_ratio >= 1.0 else vatp.VatpConfig(**settings)
     except ValueError as err:
@@ -96,7 +102,7 @@ def serve(args) -> int:
                     "lower max_tokens (or start the server with more --num_blocks)")
 
         app, state = build_app(model, tokenizer, args.model, cb_config, fits)
-        what = "the full cache" if config is None else describe(settings)
+        what = "the full cache" if config is None else describe(config)
         print(f"vatp.serve: {args.model} ({what}) on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
         # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again: end here instead.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -110,9 +116,9 @@ def serve(args) -> int:
     return 0
 
 
-def describe(settings: dict) -> str:
-    label = names.method_label(settings["method"], settings["apval"]) + ("+AdaKV" if settings["adakv"] else "")
-    return f"{label}, heavy_ratio {settings['heavy_ratio']}, sink_len {settings['sink_len']}"
+def describe(config) -> str:
+    label = config.scorer.label + ("+AdaKV" if config.adakv else "")
+    return f"{label}, heavy_ratio {config.heavy_ratio}, sink_len {config.sinks}"
 
 
 def main(argv=None) -> int:
