@@ -29,13 +29,17 @@ def projected_l1(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``||W_o^h v||_1`` averaged over each GQA group, in float32: values (..., kv_heads, n, dv), weight from
     :func:`output_weight` -> (..., kv_heads, n).
 
-    One query head at a time for several tokens (a prompt), so that one (n, hidden) product is alive; one
-    batched product for a decode step's token.
+    One query head at a time for several tokens (a prompt), so that one (n, hidden) product is alive; for a
+    decode step's token, one ``bmm`` over the query heads of every row's token, which reads ``o_proj`` in place
+    (a broadcast matmul would copy it once per row).
     """
-    kv_heads, group = weight.shape[:2]
-    if values.shape[-2] == 1:  # a decode step: (..., kv, 1, dv) @ (kv, group, dv, hidden), one matmul
-        projected = values.unsqueeze(-3) @ weight  # (..., kv, group, 1, hidden)
-        return torch.linalg.vector_norm(projected, ord=1, dim=-1, dtype=torch.float32).mean(dim=-2)
+    kv_heads, group, value_dim, hidden = weight.shape
+    if values.shape[-2] == 1:  # a decode step: rows (..., kv, 1, dv)
+        rows = values.reshape(-1, kv_heads, 1, value_dim).expand(-1, kv_heads, group, value_dim)
+        rows = rows.reshape(-1, kv_heads * group, value_dim).transpose(0, 1)  # (heads, N, dv)
+        projected = torch.bmm(rows, weight.reshape(kv_heads * group, value_dim, hidden))  # (heads, N, hidden)
+        norms = torch.linalg.vector_norm(projected, ord=1, dim=-1, dtype=torch.float32)  # (heads, N)
+        return norms.view(kv_heads, group, -1).mean(dim=1).transpose(0, 1).reshape(*values.shape[:-2], 1)
     norms = [torch.linalg.vector_norm(values[..., k, :, :] @ weight[k, g], ord=1, dim=-1, dtype=torch.float32)
              for k in range(kv_heads) for g in range(group)]
     return torch.stack(norms, dim=-2).view(*values.shape[:-3], kv_heads, group, -1).mean(dim=-2)
